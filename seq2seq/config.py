@@ -1,0 +1,290 @@
+"""Configuration: YAML -> frozen, typed dataclasses.
+
+A config has four sections (``data``, ``model``, ``train``, ``decode``). Every key is
+checked: an unknown key is an error naming the closest valid one, and a wrong type or
+an out-of-range value is an error naming its full dotted path. Paths resolve relative
+to the config file. ``key.sub=value`` overrides from the command line are applied
+before validation, so they are checked the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from seq2seq.errors import ConfigError
+
+
+def _opt(default: Any, *, lo: float | None = None, hi: float | None = None, path: bool = False):
+    """A dataclass field with an optional numeric range and a 'resolve as path' flag."""
+    return field(default=default, metadata={"lo": lo, "hi": hi, "path": path})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the text comes from and how it becomes token ids."""
+
+    task: Literal["dates", "reverse", "sort", "addition"] | None = None
+    task_size: int = _opt(20000, lo=1)
+    task_seed: int = 1
+    train: str | None = _opt(None, path=True)
+    valid: str | None = _opt(None, path=True)
+    test: str | None = _opt(None, path=True)
+    src_lang: str = "src"
+    tgt_lang: str = "tgt"
+    tokenizer: Literal["char", "word", "sentencepiece"] = "sentencepiece"
+    sp_model_type: Literal["bpe", "unigram"] = "bpe"
+    sp_model: str | None = _opt(None, path=True)
+    vocab_size: int = _opt(8000, lo=8)
+    joint_vocab: bool = False
+    min_freq: int = _opt(1, lo=1)
+    max_len: int = _opt(100, lo=1)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: sizes, recurrent cell and attention."""
+
+    arch: Literal["rnn"] = "rnn"
+    cell: Literal["gru", "lstm"] = "gru"
+    emb_dim: int = _opt(256, lo=1)
+    hidden_dim: int = _opt(512, lo=1)
+    enc_layers: int = _opt(1, lo=1)
+    dec_layers: int = _opt(1, lo=1)
+    bidirectional: bool = True
+    attention: Literal["none", "bahdanau", "luong"] = "bahdanau"
+    attention_score: Literal["dot", "general"] = "general"
+    input_feeding: bool = True
+    dropout: float = _opt(0.2, lo=0.0, hi=0.99)
+    tie_embeddings: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, schedule, validation and stopping."""
+
+    seed: int = 1
+    batch_tokens: int = _opt(4096, lo=1)
+    pool_batches: int = _opt(100, lo=1)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = _opt(1e-3, lo=0.0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = _opt(0.0, lo=0.0)
+    clip_grad_norm: float = _opt(1.0, lo=0.0)
+    label_smoothing: float = _opt(0.1, lo=0.0, hi=0.99)
+    schedule: Literal["constant", "noam", "plateau"] = "constant"
+    warmup_steps: int = _opt(0, lo=0)
+    plateau_factor: float = _opt(0.5, lo=0.0, hi=1.0)
+    plateau_patience: int = _opt(2, lo=0)
+    min_lr: float = _opt(1e-6, lo=0.0)
+    max_steps: int = _opt(100000, lo=1)
+    max_epochs: int = _opt(1000, lo=1)
+    max_time: float | None = _opt(None, lo=0.0)
+    valid_every: int = _opt(1000, lo=1)
+    valid_bleu: bool = True
+    early_stop_metric: Literal["bleu", "loss"] = "loss"
+    patience: int = _opt(0, lo=0)
+    log_every: int = _opt(100, lo=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = _opt(0, lo=0)
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How text is generated at validation and inference time."""
+
+    method: Literal["greedy"] = "greedy"
+    batch_tokens: int = _opt(8000, lo=1)
+    max_len_a: float = _opt(1.5, lo=0.0)
+    max_len_b: int = _opt(10, lo=0)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run: data, model, training and decoding settings."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def replace(self, **sections: Any) -> Config:
+        """A copy with some sections' keys changed, validated: ``cfg.replace(train={"lr": 1e-4})``."""
+        raw = to_dict(self)
+        for name, updates in sections.items():
+            raw.setdefault(name, {}).update(updates)
+        return from_dict(raw)
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _closest(key: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(valid)}"
+
+
+def _check_value(where: str, value: Any, hint: Any, meta: dict) -> Any:
+    """Validate (and lightly coerce) one value against its type hint and range."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        return _check_value(where, value, inner[0] if len(inner) == 1 else inner, meta)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if origin is tuple:
+        kinds = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or len(value) != len(kinds):
+            raise ConfigError(f"{where}: expected a list of {len(kinds)} values, got {value!r}")
+        return tuple(_check_value(f"{where}[{i}]", v, k, meta) for i, (v, k) in enumerate(zip(value, kinds)))
+    return _check_scalar(where, value, hint, meta)
+
+
+def _check_scalar(where: str, value: Any, hint: type, meta: dict) -> Any:
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-4" (no dot) as a string; accept what a user means.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if hint is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{where}: {value!r} is below the minimum {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{where}: {value!r} is above the maximum {hi}")
+    return value
+
+
+def _build_section(cls: type, name: str, raw: Any, base_dir: Path | None) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: expected a mapping of keys, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise ConfigError(f"unknown config key '{name}.{key}'{_closest(str(key), list(fields))}")
+        meta = dict(fields[key].metadata)
+        value = _check_value(f"{name}.{key}", value, hints[key], meta)
+        if meta.get("path") and value is not None and base_dir is not None:
+            value = str((base_dir / Path(value).expanduser()).resolve())
+        values[key] = value
+    return cls(**values)
+
+
+def from_dict(raw: dict, base_dir: Path | None = None) -> Config:
+    """Build a validated :class:`Config` from nested dicts.
+
+    Args:
+        raw: ``{"data": {...}, "model": {...}, ...}``; missing keys take defaults.
+        base_dir: directory relative paths resolve against (the config file's), or None.
+
+    Raises:
+        ConfigError: naming the offending key path.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    hints = typing.get_type_hints(Config)
+    for key in raw:
+        if key not in sections:
+            raise ConfigError(f"unknown config section '{key}'{_closest(str(key), list(sections))}")
+    built = {k: _build_section(hints[k], k, raw.get(k), base_dir) for k in sections}
+    return Config(**built)
+
+
+def to_dict(cfg: Config) -> dict:
+    """The plain nested-dict form of a config (tuples become lists), ready for YAML."""
+    raw = dataclasses.asdict(cfg)
+    for section in raw.values():
+        for key, value in section.items():
+            if isinstance(value, tuple):
+                section[key] = list(value)
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` strings to a raw config dict (values parsed as YAML).
+
+    Raises:
+        ConfigError: for an override that is not of the form ``section.key=value``.
+    """
+    for item in overrides:
+        dotted, sep, text = item.partition("=")
+        parts = dotted.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override '{item}': cannot parse the value ({err})") from None
+        section = raw.setdefault(parts[0], {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"override '{item}': '{parts[0]}' is not a section")
+        section[parts[1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config file (or start from defaults when ``path`` is None).
+
+    Relative paths in the file, and in overrides, resolve against the file's directory
+    (the current directory for overrides without a file).
+
+    Raises:
+        ConfigError: a missing file, invalid YAML, or any invalid key or value.
+    """
+    raw: dict = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path}: not a valid YAML file ({err})") from None
+        base = path.resolve().parent
+    return from_dict(apply_overrides(raw, list(overrides)), base_dir=base)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Write the resolved config as YAML."""
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as a YAML string (stored inside checkpoints)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def parse_config(text: str, origin: str) -> Config:
+    """Parse a resolved config stored as YAML text; ``origin`` names it in errors."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{origin}: not a valid YAML config ({err})") from None
+    return from_dict(raw)

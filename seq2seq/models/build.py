@@ -1,0 +1,47 @@
+"""The one place where a model config becomes a model."""
+
+from __future__ import annotations
+
+from seq2seq.config import ModelConfig
+from seq2seq.errors import ConfigError
+from seq2seq.models.attention import Attention, BahdanauAttention, LuongAttention
+from seq2seq.models.contract import Seq2SeqModel
+from seq2seq.models.rnn import Bridge, RNNDecoder, RNNEncoder, RNNSeq2Seq
+
+
+def _attention(cfg: ModelConfig) -> Attention | None:
+    if cfg.attention == "bahdanau":
+        return BahdanauAttention(cfg.hidden_dim, cfg.hidden_dim, cfg.hidden_dim)
+    if cfg.attention == "luong":
+        return LuongAttention(cfg.hidden_dim, cfg.hidden_dim, cfg.attention_score)
+    return None
+
+
+def _check(cfg: ModelConfig) -> None:
+    if cfg.bidirectional and cfg.hidden_dim % 2:
+        raise ConfigError(
+            f"model.hidden_dim: a bidirectional encoder needs an even size, got {cfg.hidden_dim}"
+        )
+    if cfg.tie_embeddings and cfg.emb_dim != cfg.hidden_dim:
+        raise ConfigError(
+            "model.tie_embeddings: the decoder's embedding and output layer can only share "
+            f"weights when model.emb_dim == model.hidden_dim (got {cfg.emb_dim} and {cfg.hidden_dim})"
+        )
+
+
+def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int,
+                pad_id: int = 0) -> Seq2SeqModel:
+    """Build the model a config describes.
+
+    Raises:
+        ConfigError: for combinations of settings that cannot be built.
+    """
+    _check(cfg)
+    encoder = RNNEncoder(src_vocab_size, cfg.emb_dim, cfg.hidden_dim, cfg.enc_layers, cfg.cell,
+                         cfg.bidirectional, cfg.dropout, pad_id)
+    decoder = RNNDecoder(tgt_vocab_size, cfg.emb_dim, cfg.hidden_dim, cfg.dec_layers, cfg.cell,
+                         _attention(cfg), cfg.input_feeding, cfg.dropout, pad_id)
+    if cfg.tie_embeddings:
+        decoder.out.weight = decoder.embed.weight
+    bridge = Bridge(cfg.hidden_dim, cfg.dec_layers, cfg.cell)
+    return RNNSeq2Seq(encoder, bridge, decoder, src_vocab_size, tgt_vocab_size, pad_id)

@@ -1,0 +1,83 @@
+"""The model contract: the only surface that decoding code may use.
+
+Every model family (the recurrent encoder-decoder here, the Transformer later)
+implements it, so greedy search, beam search and sampling are written once and never
+ask which family they hold:
+
+* ``encode(src)`` runs the encoder once and returns an :class:`Encoded`;
+* ``init_state(encoded)`` builds the decoder state for the first step;
+* ``step(prev_tokens, state)`` advances one token for the whole batch;
+* ``reorder(state, index)`` selects or duplicates rows of a state (beam search,
+  dropping finished sentences);
+* ``forward(src, tgt_in)`` is the teacher-forced pass used in training.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Encoded:
+    """What the encoder hands to the decoder.
+
+    Attributes:
+        states: every source position's state, ``[batch, src_len, dim]``.
+        mask: True at real (non-padding) source positions, ``[batch, src_len]``.
+        final: the encoder's final state in whatever form the decoder's bridge expects.
+    """
+
+    states: torch.Tensor
+    mask: torch.Tensor
+    final: Any = None
+
+
+class Seq2SeqModel(nn.Module, abc.ABC):
+    """Base class of every encoder-decoder model.
+
+    Args:
+        src_vocab_size: number of source token ids.
+        tgt_vocab_size: number of target token ids.
+        pad_id: the padding id shared by both vocabularies.
+    """
+
+    def __init__(self, src_vocab_size: int, tgt_vocab_size: int, pad_id: int = 0):
+        super().__init__()
+        self.src_vocab_size = src_vocab_size
+        self.tgt_vocab_size = tgt_vocab_size
+        self.pad_id = pad_id
+
+    @abc.abstractmethod
+    def encode(self, src: torch.Tensor) -> Encoded:
+        """Encode padded source ids ``[batch, src_len]``."""
+
+    @abc.abstractmethod
+    def init_state(self, encoded: Encoded) -> Any:
+        """The decoder state before the first target token."""
+
+    @abc.abstractmethod
+    def step(
+        self, prev_tokens: torch.Tensor, state: Any
+    ) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
+        """Advance the decoder by one token.
+
+        Args:
+            prev_tokens: the previous target token of each row, ``[batch]``.
+            state: the state returned by :meth:`init_state` or the previous step.
+
+        Returns:
+            ``(log_probs [batch, tgt_vocab], new_state, attention [batch, src_len] or None)``.
+        """
+
+    @abc.abstractmethod
+    def reorder(self, state: Any, index: torch.Tensor) -> Any:
+        """Select rows ``index`` (``[new_batch]``, int64) of every tensor in ``state``."""
+
+    @abc.abstractmethod
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits ``[batch, tgt_len, tgt_vocab]`` for ``tgt_in`` ``[batch, tgt_len]``."""
