@@ -1,0 +1,295 @@
+"""Tokenizers: raw text to pieces and back.
+
+A tokenizer travels with the model: whatever it needs to reproduce its
+segmentation (a SentencePiece model) is saved in the run directory, so that a
+trained model always reads and writes text the way it was trained.
+"""
+
+from __future__ import annotations
+
+import abc
+import io
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import sentencepiece as spm
+
+from seq2seq.data.vocab import Vocab
+from seq2seq.errors import CheckpointError, DataError
+
+TOKENIZERS = ("char", "word", "sentencepiece")
+SP_MODEL_TYPES = ("bpe", "unigram")
+# Fixed so that training twice on the same text gives the same pieces.
+_SP_SEED = 0
+# Caps the sentences SentencePiece samples; beyond this it shuffles (seeded) and subsamples.
+_SP_MAX_SENTENCES = 2_000_000
+
+
+class Tokenizer(abc.ABC):
+    """Splits text into pieces and joins pieces back into text."""
+
+    kind: ClassVar[str]
+
+    @abc.abstractmethod
+    def tokenize(self, text: str) -> list[str]:
+        """Returns the pieces of ``text``."""
+
+    @abc.abstractmethod
+    def detokenize(self, pieces: list[str]) -> str:
+        """Returns the text that ``pieces`` stand for."""
+
+    def vocab_pieces(self) -> list[str] | None:
+        """Returns the tokenizer's own fixed inventory of pieces, or ``None`` if it has none."""
+        return None
+
+    def save(self, directory: Path, name: str) -> None:
+        """Writes what :func:`load_tokenizer` needs besides ``kind``; nothing by default.
+
+        Args:
+            directory: the run directory.
+            name: distinguishes tokenizers sharing a directory, e.g. ``"src"``, ``"trg"``.
+        """
+        return  # char and word tokenizers are fully described by their kind
+
+
+class CharTokenizer(Tokenizer):
+    """Every character is a piece, spaces included, so ``detokenize`` is exact."""
+
+    kind = "char"
+
+    def tokenize(self, text: str) -> list[str]:
+        return list(text)
+
+    def detokenize(self, pieces: list[str]) -> str:
+        return "".join(pieces)
+
+
+class WordTokenizer(Tokenizer):
+    """Pieces are whitespace-separated words; runs of whitespace become one space."""
+
+    kind = "word"
+
+    def tokenize(self, text: str) -> list[str]:
+        return text.split()
+
+    def detokenize(self, pieces: list[str]) -> str:
+        return " ".join(pieces)
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """Wraps a SentencePiece (BPE or unigram) model.
+
+    Args:
+        model_proto: the serialized model, i.e. the bytes of a ``.model`` file.
+
+    Raises:
+        RuntimeError: if ``model_proto`` is not a SentencePiece model.
+    """
+
+    kind = "sentencepiece"
+
+    def __init__(self, model_proto: bytes) -> None:
+        self._sp = spm.SentencePieceProcessor()
+        # Loading explicitly, because the constructor silently skips an empty proto.
+        self._sp.load_from_serialized_proto(model_proto)
+
+    def tokenize(self, text: str) -> list[str]:
+        return self._sp.encode(text, out_type=str)
+
+    def detokenize(self, pieces: list[str]) -> str:
+        return self._sp.decode_pieces(pieces)
+
+    def vocab_pieces(self) -> list[str]:
+        """Returns the model's pieces in id order, without its control and unknown symbols.
+
+        Those symbols are left out because :class:`Vocab` supplies its own specials.
+        """
+        sp = self._sp
+        return [
+            sp.id_to_piece(i)
+            for i in range(sp.get_piece_size())
+            if not (sp.is_control(i) or sp.is_unknown(i))
+        ]
+
+    def save(self, directory: Path, name: str) -> None:
+        """Writes ``directory/{name}.model``, so a pretrained model travels with the run."""
+        _write_atomic(Path(directory) / f"{name}.model", self._sp.serialized_model_proto())
+
+
+@dataclass(frozen=True)
+class TextCodec:
+    """A tokenizer and the vocabulary built over its pieces: text to ids and back."""
+
+    tokenizer: Tokenizer
+    vocab: Vocab
+
+    def encode(self, text: str) -> list[int]:
+        """Returns the ids of ``text``, without ``BOS`` or ``EOS``."""
+        return self.vocab.encode(self.tokenizer.tokenize(text))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Returns the text of ``ids``, read up to the first ``EOS``."""
+        return self.tokenizer.detokenize(self.vocab.decode(ids))
+
+    def pieces(self, text: str) -> list[str]:
+        """Returns the pieces of ``text``, e.g. to label an attention plot."""
+        return self.tokenizer.tokenize(text)
+
+
+def train_tokenizer(
+    kind: str,
+    texts: Iterable[str],
+    directory: Path,
+    name: str,
+    vocab_size: int = 8000,
+    model_type: str = "bpe",
+) -> Tokenizer:
+    """Trains a tokenizer on ``texts`` and saves it in ``directory``.
+
+    Only SentencePiece learns anything; ``char`` and ``word`` ignore ``texts``.
+
+    Args:
+        kind: one of ``TOKENIZERS``.
+        texts: training sentences, read once.
+        directory: where ``{name}.model`` is written (SentencePiece only).
+        name: file stem, e.g. ``"src"``.
+        vocab_size: SentencePiece's target size; a soft limit, so small corpora still train.
+        model_type: ``"bpe"`` or ``"unigram"`` (SentencePiece only).
+
+    Returns:
+        The trained tokenizer.
+
+    Raises:
+        ValueError: if ``kind`` or ``model_type`` is unknown or ``vocab_size`` is not positive.
+        DataError: if SentencePiece cannot train on ``texts`` (e.g. there are none).
+    """
+    if kind != SentencePieceTokenizer.kind:
+        return _simple_tokenizer(kind)
+    if model_type not in SP_MODEL_TYPES:
+        raise ValueError(f"unknown model_type {model_type!r}; expected one of {SP_MODEL_TYPES}")
+    if vocab_size < 1:
+        raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+    path = Path(directory) / f"{name}.model"
+    tokenizer = SentencePieceTokenizer(_train_sentencepiece(texts, path, vocab_size, model_type))
+    tokenizer.save(directory, name)
+    return tokenizer
+
+
+def load_tokenizer(
+    kind: str, directory: Path, name: str, model_file: Path | None = None
+) -> Tokenizer:
+    """Loads a tokenizer saved by :func:`train_tokenizer` or :meth:`Tokenizer.save`.
+
+    Args:
+        kind: one of ``TOKENIZERS``.
+        directory: the run directory holding ``{name}.model`` (SentencePiece only).
+        name: file stem, e.g. ``"src"``.
+        model_file: a pretrained SentencePiece model to load instead of ``{name}.model``.
+
+    Returns:
+        The tokenizer.
+
+    Raises:
+        ValueError: if ``kind`` is unknown, or ``model_file`` is given for another kind.
+        CheckpointError: if the SentencePiece model file is missing or corrupt.
+    """
+    if kind != SentencePieceTokenizer.kind:
+        if model_file is not None:
+            raise ValueError(f"model_file applies to sentencepiece only, not to {kind!r}")
+        return _simple_tokenizer(kind)
+    path = Path(model_file) if model_file is not None else Path(directory) / f"{name}.model"
+    try:
+        model_proto = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"sentencepiece model {path} does not exist") from None
+    except OSError as e:
+        raise CheckpointError(f"sentencepiece model {path} is unreadable: {e}") from None
+    try:
+        return SentencePieceTokenizer(model_proto)
+    except RuntimeError as e:
+        raise CheckpointError(f"sentencepiece model {path} is corrupt: {e}") from None
+
+
+def _simple_tokenizer(kind: str) -> Tokenizer:
+    """Returns the tokenizer of a kind that learns nothing from data."""
+    if kind == CharTokenizer.kind:
+        return CharTokenizer()
+    if kind == WordTokenizer.kind:
+        return WordTokenizer()
+    raise ValueError(f"unknown tokenizer {kind!r}; expected one of {TOKENIZERS}")
+
+
+def _train_sentencepiece(
+    texts: Iterable[str], path: Path, vocab_size: int, model_type: str
+) -> bytes:
+    """Trains a SentencePiece model in memory and returns its serialized bytes.
+
+    Raises:
+        DataError: naming ``path`` if training fails, e.g. because ``texts`` is empty.
+    """
+    counted = _CountingIterator(texts)
+    model = io.BytesIO()
+    # The generator is process-global; seeding right before training makes the
+    # sentence shuffle, and so the learned pieces, reproducible.
+    spm.set_random_generator_seed(_SP_SEED)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=counted,
+            model_writer=model,
+            model_type=model_type,
+            vocab_size=vocab_size,
+            character_coverage=1.0,  # seq2seq data is small enough to keep every character
+            hard_vocab_limit=False,  # a small corpus may not support vocab_size pieces
+            byte_fallback=False,
+            num_threads=2,
+            input_sentence_size=_SP_MAX_SENTENCES,
+            shuffle_input_sentence=True,
+            minloglevel=2,  # keep SentencePiece's INFO/WARNING chatter off stderr
+        )
+    except RuntimeError as e:
+        if counted.error is not None:
+            raise counted.error from None
+        if counted.count == 0:
+            raise DataError(f"cannot train sentencepiece model {path}: no training text") from None
+        raise DataError(f"training sentencepiece model {path} failed: {e}") from None
+    return model.getvalue()
+
+
+class _CountingIterator(Iterator[str]):
+    """Passes sentences through to SentencePiece, counting them and keeping any error.
+
+    SentencePiece turns an exception raised by its input into a bare RuntimeError;
+    keeping the original lets e.g. a DataError about a bad data file reach the user.
+    """
+
+    def __init__(self, texts: Iterable[str]) -> None:
+        self._texts = iter(texts)
+        self.count = 0
+        self.error: Exception | None = None
+
+    def __next__(self) -> str:
+        try:
+            text = next(self._texts)
+        except StopIteration:
+            raise
+        except Exception as e:
+            self.error = e
+            raise
+        self.count += 1
+        return text
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` via a temporary file, so readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
