@@ -1,0 +1,116 @@
+"""Tests for seq2seq.metrics: each metric against known values and sacrebleu itself."""
+
+import pytest
+import sacrebleu
+
+from seq2seq import metrics
+
+HYPS = ["the cat sat on the mat", "a dog barked loudly at night", "hello world"]
+REFS = ["the cat sat on a mat", "the dog barked loudly at night", "hello there world"]
+
+
+def test_bleu_of_identical_text_is_100_with_13a_signature():
+    # BLEU needs 4-grams, so every sentence has at least four words.
+    refs = ["the quick brown fox jumps", "over the lazy dog today"]
+    score, signature = metrics.bleu(refs, refs)
+    assert score == pytest.approx(100.0)
+    assert "tok:13a" in signature
+    assert "case:mixed" in signature
+
+
+def test_bleu_matches_sacrebleu_directly():
+    score, _ = metrics.bleu(HYPS, REFS)
+    assert score == pytest.approx(sacrebleu.corpus_bleu(HYPS, [REFS]).score)
+    assert 0.0 < score < 100.0
+
+
+def test_chrf_matches_sacrebleu_directly():
+    score, signature = metrics.chrf(HYPS, REFS)
+    assert score == pytest.approx(sacrebleu.corpus_chrf(HYPS, [REFS]).score)
+    assert "nc:6" in signature
+    assert metrics.chrf(REFS, REFS)[0] == pytest.approx(100.0)
+
+
+def test_rouge_identical_is_100_and_disjoint_is_0():
+    same = metrics.rouge(REFS, REFS)
+    assert same == pytest.approx({"rouge1": 100.0, "rouge2": 100.0, "rougeL": 100.0})
+    disjoint = metrics.rouge(["alpha beta gamma"], ["delta epsilon zeta"])
+    assert disjoint == pytest.approx({"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0})
+
+
+def test_rouge_keeps_ascii_parts_of_accented_words():
+    # The default tokenizer splits "Straße" into "stra" and "e" but does not drop it.
+    text = ["Über die Straße für Müller"]
+    assert metrics.rouge(text, text)["rouge1"] == pytest.approx(100.0)
+    assert metrics.rouge(["Über die Straße"], ["Unter der Brücke"])["rouge1"] < 100.0
+
+
+def test_rouge_is_a_mean_over_pairs():
+    scores = metrics.rouge(["a b c", "x y z"], ["a b c", "p q r"])
+    assert scores["rouge1"] == pytest.approx(50.0)
+
+
+def test_exact_match_ignores_surrounding_whitespace_only():
+    hyps = ["  hello world\n", "hello  world", "Hello world", "ok"]
+    refs = ["hello world", "hello world", "hello world", "ok "]
+    assert metrics.exact_match(hyps, refs) == pytest.approx(0.5)
+
+
+def test_compute_with_all_metrics_returns_every_key():
+    scores = metrics.compute(HYPS, REFS, metrics.METRICS)
+    assert set(scores) == {
+        "bleu",
+        "bleu_signature",
+        "chrf",
+        "chrf_signature",
+        "rouge1",
+        "rouge2",
+        "rougeL",
+        "exact_match",
+    }
+    assert isinstance(scores["bleu_signature"], str)
+    assert scores["exact_match"] == pytest.approx(0.0)
+
+
+def test_compute_defaults_to_bleu_and_accepts_a_bare_name():
+    assert set(metrics.compute(HYPS, REFS)) == {"bleu", "bleu_signature"}
+    assert set(metrics.compute(HYPS, REFS, "exact")) == {"exact_match"}
+
+
+def test_mismatched_lengths_name_both_counts():
+    with pytest.raises(ValueError, match=r"3 hypotheses against 2 references"):
+        metrics.compute(HYPS, REFS[:2])
+    with pytest.raises(ValueError, match=r"1 hypotheses against 2 references"):
+        metrics.bleu(HYPS[:1], REFS[:2])
+
+
+def test_unknown_metric_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"'meteor'.*'bleu', 'chrf', 'rouge', 'exact'"):
+        metrics.compute(HYPS, REFS, ["bleu", "meteor"])
+
+
+def test_empty_input_is_rejected():
+    with pytest.raises(ValueError, match="empty"):
+        metrics.compute([], [])
+
+
+def test_format_table_aligns_numbers_and_lists_signatures():
+    scores = metrics.compute(HYPS, REFS, metrics.METRICS)
+    table = metrics.format_table(scores)
+    lines = table.splitlines()
+    for name in ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "exact_match"):
+        assert any(line.split()[:1] == [name] for line in lines), name
+    assert f"bleu_signature: {scores['bleu_signature']}" in lines
+    assert f"chrf_signature: {scores['chrf_signature']}" in lines
+    assert "0.0000" in table  # exact_match gets four decimals
+    score_lines = lines[: lines.index("")]
+    assert len({len(line) for line in score_lines}) == 1  # right-aligned column
+
+
+def test_format_table_decimals_and_alignment():
+    table = metrics.format_table({"bleu": 34.123, "exact_match": 0.97})
+    assert table.splitlines() == [
+        "metric        score",
+        "bleu          34.12",
+        "exact_match  0.9700",
+    ]
