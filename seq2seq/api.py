@@ -1,0 +1,176 @@
+"""The Python API, in the spirit of the seed's Keras flow.
+
+    model = Seq2Seq(data={"task": "dates", "tokenizer": "char"}, model={"attention": "bahdanau"})
+    model.fit(out="runs/dates")               # train (a run directory holds everything)
+    model.evaluate()                          # {"bleu": ..., "exact_match": ...} on the test split
+    model.predict(["March 3, 2021"])          # ["2021-03-03"]
+    model.save("my_model"); Seq2Seq.load("my_model")
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from seq2seq import metrics as metrics_lib
+from seq2seq.config import Config, dump_config, from_dict, save_config
+from seq2seq.data.corpus import ParallelText, read_parallel
+from seq2seq.data.prepare import copy_codecs, encode, fit_codecs, load_codecs, load_split
+from seq2seq.errors import DataError
+from seq2seq.inference import Translation, Translator, load_run, pick_device
+from seq2seq.models.build import build_model
+from seq2seq.training.checkpoint import save_checkpoint
+from seq2seq.training.loop import BEST, Progress, Trainer
+
+log = logging.getLogger("seq2seq")
+
+Data = str | Path | ParallelText | Sequence[tuple[str, str]] | None
+
+
+def _as_text(data: Data, cfg: Config, split: str) -> ParallelText | None:
+    """Accept a corpus spec, sentence pairs, ParallelText, or None (the config's split)."""
+    if data is None:
+        return load_split(cfg.data, split)
+    if isinstance(data, ParallelText):
+        return data
+    if isinstance(data, (str, Path)):
+        return read_parallel(data, cfg.data.src_lang, cfg.data.tgt_lang, name=split)
+    pairs = [(s, t) for s, t in data if s.strip() and t.strip()]
+    if not pairs:
+        raise DataError(f"{split}: no usable sentence pairs given")
+    return ParallelText([s for s, _ in pairs], [t for _, t in pairs], split,
+                        len(data) - len(pairs))
+
+
+def _log_to(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+class Seq2Seq:
+    """A sequence-to-sequence model with its tokenizers: build, fit, evaluate, predict.
+
+    Args:
+        config: a full :class:`Config`; or leave it out and give sections as keywords,
+            e.g. ``Seq2Seq(model={"attention": "luong"}, train={"lr": 3e-4})``.
+    """
+
+    def __init__(self, config: Config | None = None, **sections: dict):
+        self.config = config.replace(**sections) if config else from_dict(sections)
+        self.translator: Translator | None = None
+        self.run_dir: Path | None = None
+        self.progress: Progress | None = None
+
+    # ------------------------------------------------------------------ training
+
+    def fit(self, train: Data = None, valid: Data = None, *, out: str | Path | None = None,
+            resume: bool = False) -> list[dict]:
+        """Train; returns the validation history. Weights end at the best checkpoint.
+
+        Args:
+            train: training pairs (a corpus spec, ``[(src, tgt), ...]``) or None for the config's.
+            valid: validation pairs, likewise.
+            out: run directory (a temporary one when None).
+            resume: continue from ``out``'s last checkpoint.
+        """
+        cfg = self.config
+        run_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="seq2seq-"))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handler = _log_to(run_dir)
+        try:
+            self._fit(cfg, run_dir, _as_text(train, cfg, "train"), _as_text(valid, cfg, "valid"),
+                      resume)
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+        return self.progress.history
+
+    def _fit(self, cfg: Config, run_dir: Path, train_text, valid_text, resume: bool) -> None:
+        random.seed(cfg.train.seed)
+        torch.manual_seed(cfg.train.seed)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        save_config(cfg, run_dir / "config.yaml")
+        if resume:
+            src_codec, tgt_codec = load_codecs(cfg.data, run_dir)
+        else:
+            src_codec, tgt_codec = fit_codecs(cfg.data, train_text, run_dir)
+        train_ex = encode(train_text, src_codec, tgt_codec, cfg.data.max_len)
+        valid_ex = encode(valid_text, src_codec, tgt_codec, None) if valid_text else None
+        device = pick_device(cfg.train.device)
+        model = build_model(cfg.model, len(src_codec.vocab), len(tgt_codec.vocab)).to(device)
+        log.info("model: %.2fM parameters; %d training pairs", _millions(model), len(train_ex))
+        self.translator = Translator(model, src_codec, tgt_codec, cfg.decode)
+        score_fn = None
+        if valid_text is not None:
+            def score_fn() -> float:
+                return metrics_lib.bleu(self.translator(valid_text.src), valid_text.tgt)[0]
+        trainer = Trainer(cfg, model, train_ex, valid_ex, run_dir, device, score_fn)
+        if resume:
+            trainer.resume()
+        self.progress = trainer.train()
+        self._use_checkpoint(run_dir)
+
+    def _use_checkpoint(self, run_dir: Path) -> None:
+        checkpoint = "best" if (run_dir / BEST).is_file() else "last"
+        self.translator = Translator.from_run(run_dir, checkpoint, self.config.train.device)
+        self.run_dir = run_dir
+
+    # ------------------------------------------------------------------ inference
+
+    def _require(self) -> Translator:
+        if self.translator is None:
+            raise RuntimeError("this model has no weights yet: call fit() or Seq2Seq.load()")
+        return self.translator
+
+    def predict(self, texts: Iterable[str]) -> list[str]:
+        """Translate raw sentences to detokenized text."""
+        return self._require()(list(texts))
+
+    def translate(self, texts: Iterable[str], attention: bool = False) -> list[Translation]:
+        """Like :meth:`predict`, with scores, tokens and (on request) attention weights."""
+        return self._require().translate(list(texts), attention=attention)
+
+    def evaluate(self, data: Data = None,
+                 metrics: Iterable[str] = ("bleu", "chrf", "exact")) -> dict:
+        """Scores of the model's outputs against references (the config's test split by default)."""
+        text = _as_text(data, self.config, "test")
+        if text is None:
+            raise DataError("no evaluation data: pass pairs or set data.test / data.task")
+        return metrics_lib.compute(self.predict(text.src), text.tgt, metrics)
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, directory: str | Path) -> Path:
+        """Write config, tokenizers, vocabularies and weights; :meth:`load` reads them."""
+        translator = self._require()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_config(self.config, directory / "config.yaml")
+        copy_codecs(self.config.data, self.run_dir, directory)
+        save_checkpoint(directory / BEST, translator.model, dump_config(self.config))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, checkpoint: str = "best",
+             device: str = "auto") -> Seq2Seq:
+        """Load a directory written by :meth:`save` or ``seq2seq train``."""
+        cfg, model, codecs = load_run(directory, checkpoint)
+        self = cls(cfg)
+        model.to(pick_device(device)).eval()
+        self.translator = Translator(model, *codecs, cfg.decode)
+        self.run_dir = Path(directory)
+        return self
+
+
+def _millions(model: torch.nn.Module) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6
+

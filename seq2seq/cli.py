@@ -1,0 +1,151 @@
+"""The ``seq2seq`` command: each subcommand is one library call.
+
+User errors (bad config, bad data, foreign checkpoint) are printed as one clear
+message, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from seq2seq import metrics as metrics_lib
+from seq2seq.errors import Seq2SeqError
+
+log = logging.getLogger("seq2seq")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from seq2seq.api import Seq2Seq
+    from seq2seq.config import load_config
+    from seq2seq.errors import ConfigError
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out or Path("runs") / Path(args.config).stem)
+    if not args.resume and (out / "last.safetensors").exists():
+        raise ConfigError(f"{out} already holds a training run: pass --resume to continue it, "
+                          "or choose another --out")
+    history = Seq2Seq(cfg).fit(out=out, resume=args.resume)
+    print(f"run directory: {out}")
+    if history:
+        print("last validation: " + ", ".join(
+            f"{k}={v:.4g}" for k, v in history[-1].items() if isinstance(v, float)))
+
+
+def _read_input(path: str | None) -> list[str]:
+    from seq2seq.data.corpus import read_lines
+
+    if path is None:
+        return [line.rstrip("\r\n") for line in sys.stdin]
+    return read_lines(path)
+
+
+def cmd_translate(args: argparse.Namespace) -> None:
+    from seq2seq.inference import Translator
+
+    translator = Translator.from_run(args.run_dir, args.checkpoint, args.device)
+    texts = _read_input(args.input)
+    results = translator.translate(texts, attention=bool(args.attention),
+                                   progress=args.input is not None)
+    lines = "".join(r.text + "\n" for r in results)
+    if args.output:
+        Path(args.output).write_text(lines, encoding="utf-8")
+    else:
+        sys.stdout.write(lines)
+    if args.attention:
+        from seq2seq.viz import plot_attention
+
+        for i, r in enumerate(results):
+            plot_attention(r.attention, r.src_tokens, r.out_tokens,
+                           Path(args.attention) / f"{i:05d}.png", title=r.text)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from seq2seq.data.corpus import read_lines
+    from seq2seq.errors import DataError
+    from seq2seq.inference import Translator
+
+    srcs, refs = read_lines(args.src), read_lines(args.ref)
+    if len(srcs) != len(refs):
+        raise DataError(f"{args.src} has {len(srcs)} lines but {args.ref} has {len(refs)}")
+    translator = Translator.from_run(args.run_dir, args.checkpoint, args.device)
+    hyps = [r.text for r in translator.translate(srcs, progress=True)]
+    if args.hyp_out:
+        Path(args.hyp_out).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    try:
+        scores = metrics_lib.compute(hyps, refs, args.metrics.split(","))
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    print(json.dumps(scores, indent=2) if args.json else metrics_lib.format_table(scores))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from seq2seq.demo import run_demo
+
+    run_demo(Path(args.out), max_time=args.max_time)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a run directory written by 'seq2seq train'")
+    p.add_argument("--checkpoint", default="best",
+                   help="best (default), last, or a path to a .safetensors checkpoint")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seq2seq", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("config", help="YAML config file (see examples/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. train.lr=1e-3 data.task=dates")
+    p.add_argument("--out", help="run directory (default: runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("translate", help="translate text with a trained run (stdin -> stdout)")
+    _add_model_args(p)
+    p.add_argument("-i", "--input", help="input file, one sentence a line (default: stdin)")
+    p.add_argument("-o", "--output", help="output file (default: stdout)")
+    p.add_argument("--attention", metavar="DIR", help="write one attention heatmap per sentence")
+    p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser("evaluate", help="translate a test set and score it")
+    _add_model_args(p)
+    p.add_argument("--src", required=True, help="source sentences, one a line")
+    p.add_argument("--ref", required=True, help="reference translations, line-aligned")
+    p.add_argument("--metrics", default="bleu,chrf",
+                   help=f"comma-separated, from {','.join(metrics_lib.METRICS)}")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--hyp-out", help="also write the system outputs to this file")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="train the built-in date task and show what it learned")
+    p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    p.add_argument("--max-time", type=float, default=150.0,
+                   help="training budget in seconds (default: 150)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s",
+                        stream=sys.stderr)
+    try:
+        args.func(args)
+    except Seq2SeqError as err:
+        print(f"seq2seq {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"seq2seq {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

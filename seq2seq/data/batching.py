@@ -1,0 +1,148 @@
+"""Token ids -> length-bucketed, token-counted batches of padded tensors."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+import torch
+
+from seq2seq.data.vocab import BOS, EOS, PAD
+
+log = logging.getLogger("seq2seq")
+
+
+@dataclass
+class Examples:
+    """Encoded sentence pairs (ids without BOS/EOS); ``tgt`` is empty for source-only data."""
+
+    src: list[list[int]]
+    tgt: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
+@dataclass
+class Batch:
+    """A padded batch.
+
+    Attributes:
+        src: source ids + EOS, ``[batch, src_len]``.
+        tgt_in: BOS + target ids, ``[batch, tgt_len]`` (None for source-only batches).
+        tgt_out: target ids + EOS, ``[batch, tgt_len]`` (None for source-only batches).
+        index: each row's position in the :class:`Examples` it came from.
+    """
+
+    src: torch.Tensor
+    tgt_in: torch.Tensor | None
+    tgt_out: torch.Tensor | None
+    index: list[int]
+
+    @property
+    def n_tgt_tokens(self) -> int:
+        return int(self.tgt_out.ne(PAD).sum()) if self.tgt_out is not None else 0
+
+    def to(self, device: torch.device) -> Batch:
+        def move(t):
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return Batch(move(self.src), move(self.tgt_in), move(self.tgt_out), self.index)
+
+
+def filter_long(examples: Examples, max_len: int, name: str) -> Examples:
+    """Drop pairs whose source or target exceeds ``max_len`` tokens; log how many."""
+    keep = [i for i in range(len(examples)) if _size(examples, i) - 1 <= max_len]
+    dropped = len(examples) - len(keep)
+    if dropped:
+        log.warning("%s: dropped %d of %d pairs longer than %d tokens (data.max_len)",
+                    name, dropped, len(examples), max_len)
+    tgt = [examples.tgt[i] for i in keep] if examples.tgt else []
+    return Examples([examples.src[i] for i in keep], tgt)
+
+
+def _size(examples: Examples, i: int) -> int:
+    """Padded tokens one row occupies: the longer side, plus EOS/BOS."""
+    tgt = len(examples.tgt[i]) if examples.tgt else 0
+    return max(len(examples.src[i]), tgt) + 1
+
+
+def token_batches(examples: Examples, batch_tokens: int, *, rng: random.Random | None = None,
+                  pool_batches: int = 100) -> list[list[int]]:
+    """Group example indices into batches of at most ``batch_tokens`` padded tokens.
+
+    Examples are sorted by length inside pools of about ``pool_batches`` batches, so
+    batches hold similar lengths (little padding) while the order stays random.
+
+    Args:
+        examples: the data.
+        batch_tokens: budget of padded tokens (rows x longest row) per batch; a single
+            longer example still forms a batch of its own.
+        rng: shuffles examples and batches when given (training); None keeps a
+            deterministic length-sorted order (inference).
+        pool_batches: pool size, in batches.
+
+    Returns:
+        Lists of example indices.
+    """
+    order = list(range(len(examples)))
+    if rng is None:
+        pools = [order]
+    else:
+        rng.shuffle(order)
+        mean = max(1, sum(_size(examples, i) for i in order[:1000]) // max(1, len(order[:1000])))
+        pool = max(1, pool_batches * batch_tokens // mean)
+        pools = [order[k : k + pool] for k in range(0, len(order), pool)]
+    batches = []
+    for pool in pools:
+        pool.sort(key=lambda i: (_size(examples, i), len(examples.src[i])))
+        batches.extend(_cut(examples, pool, batch_tokens))
+    if rng is not None:
+        rng.shuffle(batches)
+    return batches
+
+
+def _cut(examples: Examples, sorted_pool: list[int], batch_tokens: int) -> list[list[int]]:
+    batches, current, longest = [], [], 0
+    for i in sorted_pool:
+        size = _size(examples, i)
+        if current and max(longest, size) * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, size)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _pad(rows: list[list[int]], prefix: list[int], suffix: list[int]) -> torch.Tensor:
+    width = max(len(r) for r in rows) + len(prefix) + len(suffix)
+    out = torch.full((len(rows), width), PAD, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids = prefix + row + suffix
+        out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out
+
+
+def collate(examples: Examples, index: list[int]) -> Batch:
+    """Pad the examples at ``index`` into a :class:`Batch`."""
+    src = _pad([examples.src[i] for i in index], [], [EOS])
+    if not examples.tgt:
+        return Batch(src, None, None, index)
+    tgt = [examples.tgt[i] for i in index]
+    return Batch(src, _pad(tgt, [BOS], []), _pad(tgt, [], [EOS]), index)
+
+
+def padding_fraction(examples: Examples, batches: list[list[int]]) -> float:
+    """Share of padded (wasted) source+target positions over the given batches."""
+    real = padded = 0
+    for index in batches:
+        for side in (examples.src, examples.tgt):
+            if not side:
+                continue
+            lengths = [len(side[i]) + 1 for i in index]
+            real += sum(lengths)
+            padded += max(lengths) * len(lengths)
+    return 1.0 - real / padded if padded else 0.0

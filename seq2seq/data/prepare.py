@@ -1,0 +1,110 @@
+"""From a data config to text splits, trained tokenizers and encoded examples.
+
+A run directory holds the tokenizers' files and vocabularies (``src_vocab.json``,
+``tgt_vocab.json``, and ``src.model`` / ``tgt.model`` for SentencePiece; one shared
+``joint`` set with ``data.joint_vocab``), so that inference needs nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from seq2seq.config import DataConfig
+from seq2seq.data.batching import Examples, filter_long
+from seq2seq.data.corpus import ParallelText, read_parallel
+from seq2seq.data.tasks import make_task
+from seq2seq.data.tokenizers import TextCodec, Tokenizer, load_tokenizer, train_tokenizer
+from seq2seq.data.vocab import Vocab
+from seq2seq.errors import ConfigError
+
+log = logging.getLogger("seq2seq")
+
+_TASK_SPLIT_SHARE = {"train": 1.0, "valid": 0.05, "test": 0.05}
+
+
+def load_split(cfg: DataConfig, split: str) -> ParallelText | None:
+    """The ``train``/``valid``/``test`` text of a config: a built-in task or files.
+
+    Returns None when the config names no such split.
+
+    Raises:
+        ConfigError: no data at all is configured for training.
+        DataError: from the corpus reader.
+    """
+    if cfg.task is not None:
+        size = max(1, int(cfg.task_size * _TASK_SPLIT_SHARE[split]))
+        src, tgt = make_task(cfg.task, split, size, cfg.task_seed)
+        return ParallelText(src, tgt, f"{split} (built-in task '{cfg.task}')", 0)
+    spec = getattr(cfg, split)
+    if spec is None:
+        if split == "train":
+            raise ConfigError("no training data: set data.train (a file prefix, .tsv or "
+                              ".jsonl) or data.task (dates, reverse, sort, addition)")
+        return None
+    return read_parallel(spec, cfg.src_lang, cfg.tgt_lang, name=split)
+
+
+def _names(cfg: DataConfig) -> tuple[str, str]:
+    return ("joint", "joint") if cfg.joint_vocab else ("src", "tgt")
+
+
+def _fit_side(cfg: DataConfig, texts: list[str], run_dir: Path, name: str) -> TextCodec:
+    """Train (or copy a given) tokenizer on ``texts`` and build its vocabulary."""
+    tokenizer: Tokenizer
+    if cfg.tokenizer == "sentencepiece" and cfg.sp_model is not None:
+        tokenizer = load_tokenizer("sentencepiece", run_dir, name, model_file=Path(cfg.sp_model))
+        tokenizer.save(run_dir, name)
+    else:
+        tokenizer = train_tokenizer(cfg.tokenizer, texts, run_dir, name,
+                                    vocab_size=cfg.vocab_size, model_type=cfg.sp_model_type)
+    pieces = tokenizer.vocab_pieces()
+    if pieces is not None:
+        vocab = Vocab.from_pieces(pieces)
+    else:
+        max_size = cfg.vocab_size if cfg.tokenizer == "word" else None
+        vocab = Vocab.build((tokenizer.tokenize(t) for t in texts), max_size, cfg.min_freq)
+    vocab.save(run_dir / f"{name}_vocab.json")
+    log.info("%s vocabulary: %d entries (%s tokenizer)", name, len(vocab), cfg.tokenizer)
+    return TextCodec(tokenizer, vocab)
+
+
+def fit_codecs(cfg: DataConfig, train: ParallelText, run_dir: Path) -> tuple[TextCodec, TextCodec]:
+    """Train tokenizers and vocabularies on the training text; save them in ``run_dir``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    src_name, tgt_name = _names(cfg)
+    if cfg.joint_vocab:
+        codec = _fit_side(cfg, train.src + train.tgt, run_dir, src_name)
+        return codec, codec
+    return (_fit_side(cfg, train.src, run_dir, src_name),
+            _fit_side(cfg, train.tgt, run_dir, tgt_name))
+
+
+def load_codecs(cfg: DataConfig, run_dir: Path) -> tuple[TextCodec, TextCodec]:
+    """Load the tokenizers and vocabularies a run directory holds.
+
+    Raises:
+        CheckpointError: a file is missing or corrupt.
+    """
+    codecs = []
+    for name in dict.fromkeys(_names(cfg)):
+        tokenizer = load_tokenizer(cfg.tokenizer, run_dir, name)
+        codecs.append(TextCodec(tokenizer, Vocab.load(run_dir / f"{name}_vocab.json")))
+    return codecs[0], codecs[-1]
+
+
+def copy_codecs(cfg: DataConfig, src_dir: Path, dst_dir: Path) -> None:
+    """Copy a run's tokenizer and vocabulary files to another directory."""
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    for name in dict.fromkeys(_names(cfg)):
+        for suffix in ("_vocab.json", ".model"):
+            path = src_dir / f"{name}{suffix}"
+            if path.is_file() and path.resolve() != (dst_dir / path.name).resolve():
+                shutil.copyfile(path, dst_dir / path.name)
+
+
+def encode(text: ParallelText, src: TextCodec, tgt: TextCodec, max_len: int | None) -> Examples:
+    """Encode sentence pairs; with ``max_len`` drop (and count) longer pairs."""
+    examples = Examples([src.encode(s) for s in text.src], [tgt.encode(t) for t in text.tgt])
+    return filter_long(examples, max_len, text.name) if max_len else examples

@@ -1,0 +1,159 @@
+"""Checkpoints: one safetensors file each, written atomically, never unpickled.
+
+A checkpoint holds the model weights under ``model.*``, optionally the optimizer's
+tensors under ``optim.*``, and as string metadata the resolved config (YAML) and the
+trainer's state (JSON). Loading reads only tensors and strings, so a checkpoint from
+an untrusted source cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from seq2seq.errors import CheckpointError
+
+FORMAT = "seq2seq-checkpoint-v1"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: tensors by name and the metadata strings."""
+
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    config_text: str
+    trainer: dict | None
+    optimizer: dict | None = None
+
+    def prefixed(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copy tensors that share storage (tied weights): safetensors stores each once."""
+    seen, out = set(), {}
+    for name, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel())
+        out[name] = t.clone() if key in seen else t
+        seen.add(key)
+    return out
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, slots in state["state"].items():
+        for name, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{name}"] = value
+            else:
+                scalars[f"{idx}.{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, config_text: str, *,
+                    optimizer: torch.optim.Optimizer | None = None,
+                    trainer: dict | None = None) -> None:
+    """Write a checkpoint atomically: a crash mid-write leaves the previous file intact.
+
+    Args:
+        path: the ``.safetensors`` file to (re)write.
+        model: its ``state_dict`` is saved under ``model.*``.
+        config_text: the resolved config as YAML.
+        optimizer: saved too when given (for resuming).
+        trainer: JSON-serialisable trainer state (step, data position, RNG, ...).
+    """
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "config": config_text}
+    if optimizer is not None:
+        opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+        tensors.update(opt_tensors)
+        meta["optimizer"] = json.dumps(opt_meta)
+    if trainer is not None:
+        meta["trainer"] = json.dumps(trainer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(_unshared(tensors), tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _read_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata() or {}
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        CheckpointError: missing, truncated, corrupt, or not one of ours.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        meta = _read_metadata(path)
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {err}") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a seq2seq checkpoint (format tag "
+                              f"{meta.get('format')!r}, expected {FORMAT!r})")
+    try:
+        trainer = json.loads(meta["trainer"]) if "trainer" in meta else None
+        optimizer = json.loads(meta["optimizer"]) if "optimizer" in meta else None
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: corrupt trainer state in the checkpoint ({err})") from None
+    return Checkpoint(path, tensors, meta.get("config", ""), trainer, optimizer)
+
+
+def restore_model(model: torch.nn.Module, ckpt: Checkpoint) -> None:
+    """Load the checkpoint's weights into ``model``.
+
+    Raises:
+        CheckpointError: when names or shapes differ from the model's (naming a few).
+    """
+    weights = ckpt.prefixed("model.")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    extra = sorted(set(weights) - set(own))
+    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}"
+              for k, v in own.items() if k in weights and weights[k].shape != v.shape]
+    if missing or extra or shapes:
+        detail = "; ".join(filter(None, [
+            missing and f"missing {', '.join(missing[:3])}",
+            extra and f"unexpected {', '.join(extra[:3])}",
+            shapes and f"shape mismatch {', '.join(shapes[:3])}"]))
+        raise CheckpointError(f"{ckpt.path}: weights do not fit this model ({detail})")
+    model.load_state_dict(weights)
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
+    """Load the optimizer state saved with :func:`save_checkpoint`."""
+    if ckpt.optimizer is None:
+        raise CheckpointError(f"{ckpt.path}: holds no optimizer state to resume from")
+    opt_meta = ckpt.optimizer
+    state: dict[int, dict] = {}
+    for name, value in ckpt.prefixed("optim.").items():
+        idx, slot = name.split(".", 1)
+        state.setdefault(int(idx), {})[slot] = value
+    for name, value in opt_meta["scalars"].items():
+        idx, slot = name.split(".", 1)
+        state.setdefault(int(idx), {})[slot] = value
+    optimizer.load_state_dict({"state": state, "param_groups": opt_meta["param_groups"]})

@@ -1,0 +1,265 @@
+"""The training loop: explicit and linear, one comment per phase.
+
+The trainer knows nothing about the model family or the tokenizers: it gets a model
+implementing the contract, encoded examples, and an optional ``score_fn`` that
+decodes the validation set and returns a score (BLEU) for early stopping.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from seq2seq.config import Config, dump_config
+from seq2seq.data.batching import Batch, Examples, collate, token_batches
+from seq2seq.data.vocab import PAD
+from seq2seq.models.contract import Seq2SeqModel
+from seq2seq.training.checkpoint import (load_checkpoint, restore_model, restore_optimizer,
+                                         save_checkpoint)
+from seq2seq.training.loss import sequence_loss
+from seq2seq.training.optim import Schedule, build_optimizer
+
+log = logging.getLogger("seq2seq")
+
+LAST, BEST = "last.safetensors", "best.safetensors"
+
+
+@dataclass
+class Progress:
+    """Everything besides weights and optimizer needed to resume exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of ``epoch`` already consumed
+    elapsed: float = 0.0  # training wall time so far, seconds (``train.max_time``)
+    best: float | None = None
+    bad_validations: int = 0
+    stopped: str = ""
+    history: list[dict] = field(default_factory=list)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state().tolist()}
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+class Trainer:
+    """Trains one model in one run directory.
+
+    Args:
+        cfg: the resolved config (``train`` and ``decode`` sections are used).
+        model: any model implementing the contract, already on ``device``.
+        train: encoded training pairs.
+        valid: encoded validation pairs (loss and perplexity), or None.
+        run_dir: where checkpoints, logs and TensorBoard events go.
+        device: where batches are sent.
+        score_fn: decodes the validation set with the current model, returns BLEU.
+    """
+
+    def __init__(self, cfg: Config, model: Seq2SeqModel, train: Examples,
+                 valid: Examples | None, run_dir: Path, device: torch.device,
+                 score_fn: Callable[[], float] | None = None):
+        self.cfg, self.tc = cfg, cfg.train
+        self.model, self.train_data, self.valid_data = model, train, valid
+        self.run_dir, self.device, self.score_fn = Path(run_dir), device, score_fn
+        self.optimizer = build_optimizer(self.tc, model.parameters())
+        self.schedule = Schedule(self.tc)
+        self.progress = Progress()
+        self._writer = None
+
+    # ------------------------------------------------------------------ data order
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        # Each epoch's order depends only on (seed, epoch): resuming can rebuild it.
+        rng = random.Random(self.tc.seed * 100003 + epoch)
+        return token_batches(self.train_data, self.tc.batch_tokens, rng=rng,
+                             pool_batches=self.tc.pool_batches)
+
+    def _batches(self):
+        """Yield training batches forever from the saved data position on."""
+        while True:
+            p = self.progress
+            order = self._epoch_batches(p.epoch)
+            while p.batch_in_epoch < len(order):
+                index = order[p.batch_in_epoch]
+                p.batch_in_epoch += 1
+                yield collate(self.train_data, index)
+            p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+
+    # ------------------------------------------------------------------ one step
+
+    def _train_step(self, batch: Batch) -> tuple[float, int]:
+        """Forward, loss, backward, clip, update; returns (summed loss, target tokens)."""
+        batch = batch.to(self.device)
+        n_tokens = batch.n_tgt_tokens
+        logits = self.model(batch.src, batch.tgt_in)  # [batch, tgt_len, vocab]
+        loss = sequence_loss(logits, batch.tgt_out, PAD, self.tc.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss / n_tokens).backward()
+        if self.tc.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.clip_grad_norm)
+        self.optimizer.step()
+        return loss.item(), n_tokens
+
+    # ------------------------------------------------------------------ validation
+
+    @torch.no_grad()
+    def valid_loss(self) -> float:
+        """Mean per-token cross-entropy (no smoothing) on the validation pairs."""
+        self.model.eval()
+        total, tokens = 0.0, 0
+        for index in token_batches(self.valid_data, self.cfg.decode.batch_tokens):
+            batch = collate(self.valid_data, index).to(self.device)
+            logits = self.model(batch.src, batch.tgt_in)
+            total += sequence_loss(logits, batch.tgt_out, PAD).item()
+            tokens += batch.n_tgt_tokens
+        self.model.train()
+        return total / max(tokens, 1)
+
+    def _validate(self) -> dict:
+        """Validation loss, perplexity and (optionally) BLEU; updates best/early stopping."""
+        p = self.progress
+        record: dict = {"step": p.step, "epoch": p.epoch}
+        if self.valid_data is not None and len(self.valid_data):
+            loss = self.valid_loss()
+            record.update(valid_loss=loss, valid_ppl=math.exp(min(loss, 50.0)))
+            self.schedule.on_validation(loss)
+        if self.score_fn is not None and self.tc.valid_bleu:
+            self.model.eval()
+            record["valid_bleu"] = self.score_fn()
+            self.model.train()
+        p.history.append(record)
+        self._note_best(record)
+        log.info("validation %s", " ".join(f"{k}={v:.4g}" for k, v in record.items()))
+        for key, value in record.items():
+            if key.startswith("valid_"):
+                self._tb(f"valid/{key[6:]}", value)
+        return record
+
+    def _note_best(self, record: dict) -> None:
+        p = self.progress
+        metric = self.tc.early_stop_metric
+        key = "valid_bleu" if metric == "bleu" else "valid_loss"
+        if key not in record:
+            key = "valid_loss" if "valid_loss" in record else None
+        if key is None:
+            save_checkpoint(self.run_dir / BEST, self.model, dump_config(self.cfg))
+            return
+        # Higher BLEU is better; lower loss is better: compare on a "higher is better" scale.
+        value = record[key] if key == "valid_bleu" else -record[key]
+        if p.best is None or value > p.best:
+            p.best, p.bad_validations = value, 0
+            save_checkpoint(self.run_dir / BEST, self.model, dump_config(self.cfg))
+            record["best"] = True
+        else:
+            p.bad_validations += 1
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_last(self) -> None:
+        trainer = {"progress": asdict(self.progress), "schedule": self.schedule.state_dict(),
+                   "rng": _rng_state()}
+        save_checkpoint(self.run_dir / LAST, self.model, dump_config(self.cfg),
+                        optimizer=self.optimizer, trainer=trainer)
+
+    def resume(self) -> None:
+        """Restore model, optimizer, schedule, data position and RNG from ``last``."""
+        ckpt = load_checkpoint(self.run_dir / LAST)
+        restore_model(self.model, ckpt)
+        restore_optimizer(self.optimizer, ckpt)
+        self.progress = Progress(**ckpt.trainer["progress"])
+        self.schedule.load_state_dict(ckpt.trainer["schedule"])
+        _set_rng_state(ckpt.trainer["rng"])
+        log.info("resumed from %s at step %d", ckpt.path, self.progress.step)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _should_stop(self) -> str:
+        p, tc = self.progress, self.tc
+        if p.step >= tc.max_steps:
+            return f"reached train.max_steps={tc.max_steps}"
+        if p.epoch >= tc.max_epochs:
+            return f"reached train.max_epochs={tc.max_epochs}"
+        if tc.max_time is not None and p.elapsed >= tc.max_time:
+            return f"reached the time budget train.max_time={tc.max_time:g}s"
+        if tc.patience and p.bad_validations >= tc.patience:
+            return f"early stopping: no improvement in {tc.patience} validations"
+        return ""
+
+    def train(self) -> Progress:
+        """Run until a stop condition; save ``last`` (also on Ctrl-C) and ``best``."""
+        self.model.train()
+        batches = self._batches()
+        bar = tqdm(total=self.tc.max_steps, initial=self.progress.step, unit="step",
+                   dynamic_ncols=True, disable=None)
+        window_tokens, window_start = 0, time.perf_counter()
+        try:
+            while not (reason := self._should_stop()):
+                started = time.perf_counter()
+                p = self.progress
+                # 1. learning rate for this step, then one update on the next batch
+                lr = self.schedule.apply(self.optimizer, p.step + 1)
+                loss, n_tokens = self._train_step(next(batches))
+                p.step += 1
+                p.elapsed += time.perf_counter() - started
+                window_tokens += n_tokens
+                # 2. progress bar, log and TensorBoard
+                bar.update(1)
+                if p.step % self.tc.log_every == 0 or p.step == 1:
+                    rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+                    self._report(loss / n_tokens, lr, rate, bar)
+                    window_tokens, window_start = 0, time.perf_counter()
+                # 3. validation, best checkpoint, last checkpoint
+                if p.step % self.tc.valid_every == 0:
+                    self._validate()
+                    self.save_last()
+        except KeyboardInterrupt:
+            reason = "interrupted"
+            log.warning("interrupted at step %d: saving %s", self.progress.step, LAST)
+        finally:
+            bar.close()
+        self._finish(reason)
+        return self.progress
+
+    def _finish(self, reason: str) -> None:
+        p = self.progress
+        p.stopped = reason
+        log.info("stopping: %s", reason)
+        if reason != "interrupted" and (not p.history or p.history[-1]["step"] != p.step):
+            self._validate()
+        self.save_last()
+        if self._writer is not None:
+            self._writer.close()
+
+    def _report(self, loss: float, lr: float, tok_per_s: float, bar) -> None:
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_per_s:,.0f}")
+        log.debug("step %d loss %.4f lr %.3e tgt_tok/s %.0f", self.progress.step, loss, lr,
+                  tok_per_s)
+        self._tb("train/loss", loss)
+        self._tb("train/lr", lr)
+        self._tb("train/tgt_tok_per_s", tok_per_s)
+
+    def _tb(self, tag: str, value: float) -> None:
+        if self._writer is None:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        self._writer.add_scalar(tag, value, self.progress.step)

@@ -1,0 +1,177 @@
+"""The training loss and the learning-rate schedules."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from seq2seq.config import TrainConfig
+from seq2seq.training.loss import sequence_loss
+from seq2seq.training.optim import Schedule, build_optimizer
+
+PAD, V = 0, 7
+
+
+def logits_and_target():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, V, generator=g)
+    target = torch.randint(1, V, (3, 5), generator=g)
+    target[0, 3:] = PAD
+    target[2, 1:] = PAD
+    return logits, target
+
+
+def manual_loss(logits, target, eps):
+    """(1 - eps) * nll + eps * mean over the vocabulary of -log p, summed over real tokens."""
+    total = torch.tensor(0.0, dtype=torch.float64)
+    logp = logits.double().log_softmax(-1)
+    for b in range(target.size(0)):
+        for t in range(target.size(1)):
+            gold = int(target[b, t])
+            if gold == PAD:
+                continue
+            nll = -logp[b, t, gold]
+            smooth = -logp[b, t].mean()
+            total += (1 - eps) * nll + eps * smooth
+    return total
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+def test_sequence_loss_matches_manual_computation(eps):
+    logits, target = logits_and_target()
+    loss = sequence_loss(logits, target, PAD, label_smoothing=eps)
+    assert loss.dim() == 0 and loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(manual_loss(logits, target, eps).item(), rel=1e-5)
+
+
+def test_sequence_loss_without_smoothing_is_summed_gather():
+    logits, target = logits_and_target()
+    logp = logits.log_softmax(-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    expected = -(logp * target.ne(PAD)).sum()
+    assert torch.allclose(sequence_loss(logits, target, PAD), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_padding_positions_contribute_nothing(eps):
+    logits, target = logits_and_target()
+    changed = logits.clone()
+    changed[target.eq(PAD)] = torch.randn(int(target.eq(PAD).sum()), V) * 10
+    assert not torch.equal(changed, logits)
+    same = sequence_loss(changed, target, PAD, eps)
+    assert torch.equal(sequence_loss(logits, target, PAD, eps), same)
+    changed[0, 0, 0] += 1.0  # a real position does count
+    assert not torch.equal(sequence_loss(changed, target, PAD, eps), same)
+
+
+def test_sequence_loss_computes_in_fp32_and_all_pad_is_zero():
+    logits, target = logits_and_target()
+    half = sequence_loss(logits.to(torch.bfloat16), target, PAD, 0.1)
+    assert half.dtype == torch.float32
+    assert half.item() == pytest.approx(sequence_loss(logits, target, PAD, 0.1).item(), rel=2e-2)
+    assert sequence_loss(logits, torch.full_like(target, PAD), PAD, 0.1).item() == 0.0
+
+
+def test_constant_schedule_warms_up_linearly_then_stays_flat():
+    schedule = Schedule(TrainConfig(lr=1e-3, warmup_steps=4, min_lr=0.0))
+    assert [schedule.lr(s) for s in range(1, 5)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert [schedule.lr(s) for s in (5, 50, 5000)] == pytest.approx([1e-3] * 3)
+    flat = Schedule(TrainConfig(lr=1e-3, warmup_steps=0))
+    assert [flat.lr(s) for s in (1, 2, 1000)] == [1e-3] * 3
+
+
+def test_noam_peaks_at_warmup_then_decays_as_inverse_sqrt():
+    schedule = Schedule(TrainConfig(schedule="noam", lr=2e-3, warmup_steps=100, min_lr=0.0))
+    rates = [schedule.lr(s) for s in range(1, 1001)]
+    assert max(rates) == pytest.approx(2e-3)
+    assert rates.index(max(rates)) + 1 == 100
+    assert schedule.lr(50) == pytest.approx(1e-3)
+    for step in (101, 400, 1000, 10_000):
+        assert schedule.lr(step) == pytest.approx(2e-3 * math.sqrt(100 / step))
+    assert all(rates[i] > rates[i + 1] for i in range(99, len(rates) - 1))
+
+
+def test_min_lr_floors_the_decay_but_not_the_warmup():
+    schedule = Schedule(TrainConfig(schedule="noam", lr=1e-3, warmup_steps=100, min_lr=2e-4))
+    assert schedule.lr(1) == pytest.approx(1e-5)  # below min_lr while warming up
+    assert schedule.lr(400) == pytest.approx(5e-4)
+    assert schedule.lr(10**6) == pytest.approx(2e-4)  # floored once decaying
+
+
+def plateau(**overrides):
+    cfg = {"schedule": "plateau", "lr": 1e-3, "plateau_patience": 2, "min_lr": 0.0, **overrides}
+    return Schedule(TrainConfig(**cfg))
+
+
+def test_plateau_halves_after_patience_plus_one_bad_validations():
+    schedule = plateau()
+    schedule.on_validation(2.0)
+    schedule.on_validation(1.5)  # improving: nothing changes
+    assert schedule.lr(10) == pytest.approx(1e-3)
+    schedule.on_validation(1.5)
+    schedule.on_validation(1.7)
+    assert schedule.lr(10) == pytest.approx(1e-3)  # patience (2) not yet exceeded
+    schedule.on_validation(1.6)
+    assert schedule.lr(10) == pytest.approx(5e-4)
+    for _ in range(3):
+        schedule.on_validation(1.6)
+    assert schedule.lr(10) == pytest.approx(2.5e-4)
+    schedule.on_validation(1.0)  # an improvement resets the count
+    schedule.on_validation(1.1)
+    schedule.on_validation(1.1)
+    assert schedule.lr(10) == pytest.approx(2.5e-4)
+
+
+def test_plateau_never_goes_below_min_lr():
+    schedule = plateau(plateau_patience=0, min_lr=1e-4)
+    schedule.on_validation(1.0)
+    for _ in range(20):
+        schedule.on_validation(1.0)
+    assert schedule.lr(10) == pytest.approx(1e-4)
+
+
+def test_other_schedules_ignore_validations():
+    schedule = Schedule(TrainConfig(lr=1e-3, plateau_patience=0))
+    for loss in (1.0, 2.0, 3.0, 4.0):
+        schedule.on_validation(loss)
+    assert schedule.lr(10) == pytest.approx(1e-3)
+
+
+def test_plateau_state_dict_round_trip_restores_behaviour():
+    original = plateau()
+    for loss in (2.0, 1.5, 1.6, 1.6):  # best 1.5, two bad validations so far
+        original.on_validation(loss)
+    state = json.loads(json.dumps(original.state_dict()))  # as stored in a checkpoint
+    resumed = plateau()
+    resumed.load_state_dict(state)
+    assert resumed.state_dict() == original.state_dict()
+    # The third bad validation halves the rate only for a schedule that remembers the first two.
+    fresh = plateau()
+    for schedule in (original, resumed, fresh):
+        schedule.on_validation(1.6)
+    assert original.lr(10) == resumed.lr(10) == pytest.approx(5e-4)
+    assert fresh.lr(10) == pytest.approx(1e-3)
+    for loss in (1.7, 1.8, 1.9, 1.4, 1.5):
+        original.on_validation(loss)
+        resumed.on_validation(loss)
+        assert resumed.lr(10) == original.lr(10)
+    assert resumed.state_dict() == original.state_dict()
+
+
+def test_fresh_plateau_state_survives_json():
+    state = json.loads(json.dumps(plateau().state_dict()))
+    resumed = plateau()
+    resumed.load_state_dict(state)
+    resumed.on_validation(5.0)  # the first validation is always an improvement
+    assert resumed.lr(10) == pytest.approx(1e-3) and resumed.state_dict()["best"] == 5.0
+
+
+def test_apply_sets_every_param_group():
+    params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))]
+    cfg = TrainConfig(lr=1e-3, warmup_steps=4, optimizer="adamw", weight_decay=0.01)
+    optimizer = build_optimizer(cfg, [{"params": params[:1]}, {"params": params[1:]}])
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.param_groups[0]["betas"] == cfg.betas
+    assert Schedule(cfg).apply(optimizer, 2) == pytest.approx(5e-4)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([5e-4, 5e-4])
+    assert type(build_optimizer(TrainConfig(), params)) is torch.optim.Adam
