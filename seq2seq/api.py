@@ -1,10 +1,10 @@
 """The Python API, in the spirit of the seed's Keras flow.
 
-    model = Seq2Seq(data={"task": "dates", "tokenizer": "char"}, model={"attention": "bahdanau"})
-    model.fit(out="runs/dates")               # train (a run directory holds everything)
-    model.evaluate()                          # {"bleu": ..., "exact_match": ...} on the test split
-    model.predict(["March 3, 2021"])          # ["2021-03-03"]
-    model.save("my_model"); Seq2Seq.load("my_model")
+model = Seq2Seq(data={"task": "dates", "tokenizer": "char"}, model={"attention": "bahdanau"})
+model.fit(out="runs/dates")               # train (a run directory holds everything)
+model.evaluate()                          # {"bleu": ..., "exact_match": ...} on the test split
+model.predict(["March 3, 2021"])          # ["2021-03-03"]
+model.save("my_model"); Seq2Seq.load("my_model")
 """
 
 from __future__ import annotations
@@ -43,15 +43,15 @@ def _as_text(data: Data, cfg: Config, split: str) -> ParallelText | None:
     pairs = [(s, t) for s, t in data if s.strip() and t.strip()]
     if not pairs:
         raise DataError(f"{split}: no usable sentence pairs given")
-    return ParallelText([s for s, _ in pairs], [t for _, t in pairs], split,
-                        len(data) - len(pairs))
+    return ParallelText([s for s, _ in pairs], [t for _, t in pairs], split, len(data) - len(pairs))
 
 
 def _log_to(run_dir: Path) -> logging.Handler:
     handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    # The file gets every step's line; console handlers are set to INFO by the CLI.
+    log.setLevel(logging.DEBUG)
     return handler
 
 
@@ -71,8 +71,14 @@ class Seq2Seq:
 
     # ------------------------------------------------------------------ training
 
-    def fit(self, train: Data = None, valid: Data = None, *, out: str | Path | None = None,
-            resume: bool = False) -> list[dict]:
+    def fit(
+        self,
+        train: Data = None,
+        valid: Data = None,
+        *,
+        out: str | Path | None = None,
+        resume: bool = False,
+    ) -> list[dict]:
         """Train; returns the validation history. Weights end at the best checkpoint.
 
         Args:
@@ -86,8 +92,9 @@ class Seq2Seq:
         run_dir.mkdir(parents=True, exist_ok=True)
         handler = _log_to(run_dir)
         try:
-            self._fit(cfg, run_dir, _as_text(train, cfg, "train"), _as_text(valid, cfg, "valid"),
-                      resume)
+            self._fit(
+                cfg, run_dir, _as_text(train, cfg, "train"), _as_text(valid, cfg, "valid"), resume
+            )
         finally:
             log.removeHandler(handler)
             handler.close()
@@ -111,8 +118,10 @@ class Seq2Seq:
         self.translator = Translator(model, src_codec, tgt_codec, cfg.decode)
         score_fn = None
         if valid_text is not None:
+
             def score_fn() -> float:
                 return metrics_lib.bleu(self.translator(valid_text.src), valid_text.tgt)[0]
+
         trainer = Trainer(cfg, model, train_ex, valid_ex, run_dir, device, score_fn)
         if resume:
             trainer.resume()
@@ -139,8 +148,9 @@ class Seq2Seq:
         """Like :meth:`predict`, with scores, tokens and (on request) attention weights."""
         return self._require().translate(list(texts), attention=attention)
 
-    def evaluate(self, data: Data = None,
-                 metrics: Iterable[str] = ("bleu", "chrf", "exact")) -> dict:
+    def evaluate(
+        self, data: Data = None, metrics: Iterable[str] = ("bleu", "chrf", "exact")
+    ) -> dict:
         """Scores of the model's outputs against references (the config's test split by default)."""
         text = _as_text(data, self.config, "test")
         if text is None:
@@ -160,8 +170,7 @@ class Seq2Seq:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, checkpoint: str = "best",
-             device: str = "auto") -> Seq2Seq:
+    def load(cls, directory: str | Path, checkpoint: str = "best", device: str = "auto") -> Seq2Seq:
         """Load a directory written by :meth:`save` or ``seq2seq train``."""
         cfg, model, codecs = load_run(directory, checkpoint)
         self = cls(cfg)
@@ -173,4 +182,3 @@ class Seq2Seq:
 
 def _millions(model: torch.nn.Module) -> float:
     return sum(p.numel() for p in model.parameters()) / 1e6
-

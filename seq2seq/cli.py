@@ -26,13 +26,17 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
     if not args.resume and (out / "last.safetensors").exists():
-        raise ConfigError(f"{out} already holds a training run: pass --resume to continue it, "
-                          "or choose another --out")
+        raise ConfigError(
+            f"{out} already holds a training run: pass --resume to continue it, "
+            "or choose another --out"
+        )
     history = Seq2Seq(cfg).fit(out=out, resume=args.resume)
     print(f"run directory: {out}")
     if history:
-        print("last validation: " + ", ".join(
-            f"{k}={v:.4g}" for k, v in history[-1].items() if isinstance(v, float)))
+        print(
+            "last validation: "
+            + ", ".join(f"{k}={v:.4g}" for k, v in history[-1].items() if isinstance(v, float))
+        )
 
 
 def _read_input(path: str | None) -> list[str]:
@@ -48,8 +52,9 @@ def cmd_translate(args: argparse.Namespace) -> None:
 
     translator = Translator.from_run(args.run_dir, args.checkpoint, args.device)
     texts = _read_input(args.input)
-    results = translator.translate(texts, attention=bool(args.attention),
-                                   progress=args.input is not None)
+    results = translator.translate(
+        texts, attention=bool(args.attention), progress=args.input is not None
+    )
     lines = "".join(r.text + "\n" for r in results)
     if args.output:
         Path(args.output).write_text(lines, encoding="utf-8")
@@ -59,8 +64,13 @@ def cmd_translate(args: argparse.Namespace) -> None:
         from seq2seq.viz import plot_attention
 
         for i, r in enumerate(results):
-            plot_attention(r.attention, r.src_tokens, r.out_tokens,
-                           Path(args.attention) / f"{i:05d}.png", title=r.text)
+            plot_attention(
+                r.attention,
+                r.src_tokens,
+                r.out_tokens,
+                Path(args.attention) / f"{i:05d}.png",
+                title=r.text,
+            )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -90,8 +100,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a run directory written by 'seq2seq train'")
-    p.add_argument("--checkpoint", default="best",
-                   help="best (default), last, or a path to a .safetensors checkpoint")
+    p.add_argument(
+        "--checkpoint",
+        default="best",
+        help="best (default), last, or a path to a .safetensors checkpoint",
+    )
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
 
 
@@ -101,8 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model from a YAML config")
     p.add_argument("config", help="YAML config file (see examples/)")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. train.lr=1e-3 data.task=dates")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. train.lr=1e-3 data.task=dates",
+    )
     p.add_argument("--out", help="run directory (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.set_defaults(func=cmd_train)
@@ -118,24 +135,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--src", required=True, help="source sentences, one a line")
     p.add_argument("--ref", required=True, help="reference translations, line-aligned")
-    p.add_argument("--metrics", default="bleu,chrf",
-                   help=f"comma-separated, from {','.join(metrics_lib.METRICS)}")
+    p.add_argument(
+        "--metrics",
+        default="bleu,chrf",
+        help=f"comma-separated, from {','.join(metrics_lib.METRICS)}",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--hyp-out", help="also write the system outputs to this file")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="train the built-in date task and show what it learned")
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    p.add_argument("--max-time", type=float, default=150.0,
-                   help="training budget in seconds (default: 150)")
+    p.add_argument(
+        "--max-time", type=float, default=150.0, help="training budget in seconds (default: 150)"
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s",
-                        stream=sys.stderr)
+    parser = build_parser()
+    # Overrides may follow options (train CONFIG --out DIR key=value): collect the rest.
+    args, extra = parser.parse_known_args(argv)
+    if extra and (args.command != "train" or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.INFO)
+    console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[console])
     try:
         args.func(args)
     except Seq2SeqError as err:

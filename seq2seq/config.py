@@ -116,7 +116,7 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
     def replace(self, **sections: Any) -> Config:
-        """A copy with some sections' keys changed, validated: ``cfg.replace(train={"lr": 1e-4})``."""
+        """A validated copy with some keys changed: ``cfg.replace(train={"lr": 1e-4})``."""
         raw = to_dict(self)
         for name, updates in sections.items():
             raw.setdefault(name, {}).update(updates)
@@ -149,7 +149,10 @@ def _check_value(where: str, value: Any, hint: Any, meta: dict) -> Any:
         kinds = typing.get_args(hint)
         if not isinstance(value, (list, tuple)) or len(value) != len(kinds):
             raise ConfigError(f"{where}: expected a list of {len(kinds)} values, got {value!r}")
-        return tuple(_check_value(f"{where}[{i}]", v, k, meta) for i, (v, k) in enumerate(zip(value, kinds)))
+        return tuple(
+            _check_value(f"{where}[{i}]", v, k, meta)
+            for i, (v, k) in enumerate(zip(value, kinds, strict=True))
+        )
     return _check_scalar(where, value, hint, meta)
 
 
@@ -165,7 +168,9 @@ def _check_scalar(where: str, value: Any, hint: type, meta: dict) -> Any:
     if hint is int and isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(
+            f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}"
+        )
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and value < lo:
         raise ConfigError(f"{where}: {value!r} is below the minimum {lo}")
@@ -184,7 +189,9 @@ def _build_section(cls: type, name: str, raw: Any, base_dir: Path | None) -> Any
     values = {}
     for key, value in raw.items():
         if key not in fields:
-            raise ConfigError(f"unknown config key '{name}.{key}'{_closest(str(key), list(fields))}")
+            raise ConfigError(
+                f"unknown config key '{name}.{key}'{_closest(str(key), list(fields))}"
+            )
         meta = dict(fields[key].metadata)
         value = _check_value(f"{name}.{key}", value, hints[key], meta)
         if meta.get("path") and value is not None and base_dir is not None:

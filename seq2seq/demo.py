@@ -17,10 +17,22 @@ from seq2seq.viz import plot_attention
 
 DEMO_CONFIG = {
     "data": {"task": "dates", "task_size": 20000, "tokenizer": "char"},
-    "model": {"cell": "gru", "emb_dim": 64, "hidden_dim": 128, "bidirectional": True,
-              "attention": "bahdanau", "dropout": 0.1},
-    "train": {"lr": 3e-3, "batch_tokens": 3000, "valid_every": 200, "log_every": 50,
-              "valid_bleu": False, "max_steps": 100000},
+    "model": {
+        "cell": "gru",
+        "emb_dim": 64,
+        "hidden_dim": 128,
+        "bidirectional": True,
+        "attention": "bahdanau",
+        "dropout": 0.1,
+    },
+    "train": {
+        "lr": 3e-3,
+        "batch_tokens": 3000,
+        "valid_every": 200,
+        "log_every": 50,
+        "valid_bleu": False,
+        "max_steps": 100000,
+    },
     "decode": {"max_len_a": 0.0, "max_len_b": 14},
 }
 
@@ -39,14 +51,21 @@ def run_demo(out: Path, max_time: float = 150.0) -> dict:
     outputs = model.translate(test.src[:300], attention=True)
     scores = model.evaluate(test, metrics=("exact", "bleu", "chrf"))
     print("\nsample conversions (held-out test dates):")
-    for src, ref, hyp in list(zip(test.src, test.tgt, outputs))[:8]:
+    for src, ref, hyp in list(zip(test.src, test.tgt, outputs, strict=False))[:8]:
         mark = "ok " if hyp.text == ref else "ERR"
         print(f"  {mark} {src:32s} -> {hyp.text}   (reference {ref})")
-    print(f"\nexact match {scores['exact_match']:.4f}   BLEU {scores['bleu']:.2f}   "
-          f"chrF {scores['chrf']:.2f}   on {len(test.src)} test dates")
+    print(
+        f"\nexact match {scores['exact_match']:.4f}   BLEU {scores['bleu']:.2f}   "
+        f"chrF {scores['chrf']:.2f}   on {len(test.src)} test dates"
+    )
     example = max(outputs[:20], key=lambda t: len(t.src_tokens))
-    plot_attention(example.attention, example.src_tokens, example.out_tokens,
-                   out / "attention.png", title=f"attention: {''.join(example.src_tokens[:-1])}")
+    plot_attention(
+        example.attention,
+        example.src_tokens,
+        example.out_tokens,
+        out / "attention.png",
+        title=f"attention: {''.join(example.src_tokens[:-1])}",
+    )
     metrics = {k: v for k, v in scores.items() if not k.endswith("signature")}
     metrics.update(test_sentences=len(test.src), bleu_signature=scores["bleu_signature"])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")

@@ -53,17 +53,24 @@ class Translator:
         decode: search settings (length limits, batch size in tokens).
     """
 
-    def __init__(self, model: Seq2SeqModel, src_codec: TextCodec, tgt_codec: TextCodec,
-                 decode: DecodeConfig):
-        self.model, self.src_codec, self.tgt_codec, self.decode = model, src_codec, tgt_codec, decode
+    def __init__(
+        self, model: Seq2SeqModel, src_codec: TextCodec, tgt_codec: TextCodec, decode: DecodeConfig
+    ):
+        self.model, self.src_codec, self.tgt_codec, self.decode = (
+            model,
+            src_codec,
+            tgt_codec,
+            decode,
+        )
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, checkpoint: str = "best",
-                 device: str = "auto") -> Translator:
+    def from_run(
+        cls, run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
+    ) -> Translator:
         """Load a run directory written by ``seq2seq train`` or ``Seq2Seq.save``.
 
         Raises:
@@ -74,8 +81,9 @@ class Translator:
         return cls(model, *codecs, cfg.decode)
 
     @torch.no_grad()
-    def translate(self, texts: list[str], *, attention: bool = False,
-                  progress: bool = False) -> list[Translation]:
+    def translate(
+        self, texts: list[str], *, attention: bool = False, progress: bool = False
+    ) -> list[Translation]:
         """Translate raw sentences; outputs come back in input order."""
         was_training = self.model.training
         self.model.eval()
@@ -84,9 +92,16 @@ class Translator:
         batches = token_batches(examples, self.decode.batch_tokens)
         for index in tqdm(batches, disable=not progress, unit="batch", leave=False):
             src = collate(examples, index).src.to(self.device)
-            hyps = greedy(self.model, src, bos=BOS, eos=EOS, max_len_a=self.decode.max_len_a,
-                          max_len_b=self.decode.max_len_b, keep_attention=attention)
-            for i, hyp in zip(index, hyps):
+            hyps = greedy(
+                self.model,
+                src,
+                bos=BOS,
+                eos=EOS,
+                max_len_a=self.decode.max_len_a,
+                max_len_b=self.decode.max_len_b,
+                keep_attention=attention,
+            )
+            for i, hyp in zip(index, hyps, strict=True):
                 results[i] = self._finish(texts[i], examples.src[i], hyp)
         self.model.train(was_training)
         return results
@@ -99,8 +114,9 @@ class Translator:
         if weights is not None:
             weights = weights[: len(out_tokens), : len(src_tokens)]
             out_tokens = out_tokens[: weights.size(0)]
-        return Translation(self.tgt_codec.decode(hyp.tokens), hyp.score, src_tokens,
-                           out_tokens, weights)
+        return Translation(
+            self.tgt_codec.decode(hyp.tokens), hyp.score, src_tokens, out_tokens, weights
+        )
 
     def __call__(self, texts: list[str]) -> list[str]:
         return [t.text for t in self.translate(texts)]
@@ -114,8 +130,10 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"):
     """
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
-        raise CheckpointError(f"{run_dir}: not a run directory (no config.yaml); train one "
-                              "with 'seq2seq train CONFIG --out DIR'")
+        raise CheckpointError(
+            f"{run_dir}: not a run directory (no config.yaml); train one "
+            "with 'seq2seq train CONFIG --out DIR'"
+        )
     path = _checkpoint_path(run_dir, checkpoint)
     ckpt = load_checkpoint(path)
     cfg: Config = parse_config(ckpt.config_text, str(path))

@@ -34,9 +34,16 @@ def max_lengths(src_mask: torch.Tensor, a: float, b: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def greedy(model: Seq2SeqModel, src: torch.Tensor, *, bos: int, eos: int,
-           max_len_a: float = 1.5, max_len_b: int = 10,
-           keep_attention: bool = False) -> list[Hypothesis]:
+def greedy(
+    model: Seq2SeqModel,
+    src: torch.Tensor,
+    *,
+    bos: int,
+    eos: int,
+    max_len_a: float = 1.5,
+    max_len_b: int = 10,
+    keep_attention: bool = False,
+) -> list[Hypothesis]:
     """Batched greedy decoding; finished sentences leave the batch via ``reorder``.
 
     Args:
@@ -62,15 +69,25 @@ def greedy(model: Seq2SeqModel, src: torch.Tensor, *, bos: int, eos: int,
         log_probs, state, weights = model.step(prev, state)
         best, prev = log_probs.max(dim=-1)
         done = prev.eq(eos) | limits[active].le(t + 1)
-        _record(active.tolist(), prev.tolist(), best.tolist(), eos,
-                tokens, scores, attn if keep_attention else None, weights)
+        _record(
+            active.tolist(),
+            prev.tolist(),
+            best.tolist(),
+            eos,
+            tokens,
+            scores,
+            attn if keep_attention else None,
+            weights,
+        )
         keep = (~done).nonzero().squeeze(1)
         if keep.numel() == 0:
             break
         if keep.numel() < active.numel():
             state, active, prev = model.reorder(state, keep), active[keep], prev[keep]
-    return [Hypothesis(tokens[i], scores[i], torch.stack(attn[i]) if attn[i] else None)
-            for i in range(batch)]
+    return [
+        Hypothesis(tokens[i], scores[i], torch.stack(attn[i]) if attn[i] else None)
+        for i in range(batch)
+    ]
 
 
 def _record(rows, ids, logps, eos, tokens, scores, attn, weights) -> None:

@@ -56,8 +56,13 @@ def filter_long(examples: Examples, max_len: int, name: str) -> Examples:
     keep = [i for i in range(len(examples)) if _size(examples, i) - 1 <= max_len]
     dropped = len(examples) - len(keep)
     if dropped:
-        log.warning("%s: dropped %d of %d pairs longer than %d tokens (data.max_len)",
-                    name, dropped, len(examples), max_len)
+        log.warning(
+            "%s: dropped %d of %d pairs longer than %d tokens (data.max_len)",
+            name,
+            dropped,
+            len(examples),
+            max_len,
+        )
     tgt = [examples.tgt[i] for i in keep] if examples.tgt else []
     return Examples([examples.src[i] for i in keep], tgt)
 
@@ -68,8 +73,13 @@ def _size(examples: Examples, i: int) -> int:
     return max(len(examples.src[i]), tgt) + 1
 
 
-def token_batches(examples: Examples, batch_tokens: int, *, rng: random.Random | None = None,
-                  pool_batches: int = 100) -> list[list[int]]:
+def token_batches(
+    examples: Examples,
+    batch_tokens: int,
+    *,
+    rng: random.Random | None = None,
+    pool_batches: int = 100,
+) -> list[list[int]]:
     """Group example indices into batches of at most ``batch_tokens`` padded tokens.
 
     Examples are sorted by length inside pools of about ``pool_batches`` batches, so

@@ -40,8 +40,10 @@ def load_split(cfg: DataConfig, split: str) -> ParallelText | None:
     spec = getattr(cfg, split)
     if spec is None:
         if split == "train":
-            raise ConfigError("no training data: set data.train (a file prefix, .tsv or "
-                              ".jsonl) or data.task (dates, reverse, sort, addition)")
+            raise ConfigError(
+                "no training data: set data.train (a file prefix, .tsv or "
+                ".jsonl) or data.task (dates, reverse, sort, addition)"
+            )
         return None
     return read_parallel(spec, cfg.src_lang, cfg.tgt_lang, name=split)
 
@@ -57,8 +59,14 @@ def _fit_side(cfg: DataConfig, texts: list[str], run_dir: Path, name: str) -> Te
         tokenizer = load_tokenizer("sentencepiece", run_dir, name, model_file=Path(cfg.sp_model))
         tokenizer.save(run_dir, name)
     else:
-        tokenizer = train_tokenizer(cfg.tokenizer, texts, run_dir, name,
-                                    vocab_size=cfg.vocab_size, model_type=cfg.sp_model_type)
+        tokenizer = train_tokenizer(
+            cfg.tokenizer,
+            texts,
+            run_dir,
+            name,
+            vocab_size=cfg.vocab_size,
+            model_type=cfg.sp_model_type,
+        )
     pieces = tokenizer.vocab_pieces()
     if pieces is not None:
         vocab = Vocab.from_pieces(pieces)
@@ -77,8 +85,10 @@ def fit_codecs(cfg: DataConfig, train: ParallelText, run_dir: Path) -> tuple[Tex
     if cfg.joint_vocab:
         codec = _fit_side(cfg, train.src + train.tgt, run_dir, src_name)
         return codec, codec
-    return (_fit_side(cfg, train.src, run_dir, src_name),
-            _fit_side(cfg, train.tgt, run_dir, tgt_name))
+    return (
+        _fit_side(cfg, train.src, run_dir, src_name),
+        _fit_side(cfg, train.tgt, run_dir, tgt_name),
+    )
 
 
 def load_codecs(cfg: DataConfig, run_dir: Path) -> tuple[TextCodec, TextCodec]:

@@ -1,4 +1,6 @@
-"""Attention over encoder states: ``alpha_t = softmax(score(h_i, s_t))``, ``c_t = sum alpha_ti h_i``.
+"""Attention over encoder states.
+
+``alpha_t = softmax(score(h_i, s_t))`` and ``c_t = sum_i alpha_ti h_i``.
 
 Scores at padding positions are set to -inf before the softmax, so padding never
 receives attention weight.

@@ -25,22 +25,41 @@ def _check(cfg: ModelConfig) -> None:
     if cfg.tie_embeddings and cfg.emb_dim != cfg.hidden_dim:
         raise ConfigError(
             "model.tie_embeddings: the decoder's embedding and output layer can only share "
-            f"weights when model.emb_dim == model.hidden_dim (got {cfg.emb_dim} and {cfg.hidden_dim})"
+            f"weights when model.emb_dim == model.hidden_dim "
+            f"(got {cfg.emb_dim} and {cfg.hidden_dim})"
         )
 
 
-def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int,
-                pad_id: int = 0) -> Seq2SeqModel:
+def build_model(
+    cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int = 0
+) -> Seq2SeqModel:
     """Build the model a config describes.
 
     Raises:
         ConfigError: for combinations of settings that cannot be built.
     """
     _check(cfg)
-    encoder = RNNEncoder(src_vocab_size, cfg.emb_dim, cfg.hidden_dim, cfg.enc_layers, cfg.cell,
-                         cfg.bidirectional, cfg.dropout, pad_id)
-    decoder = RNNDecoder(tgt_vocab_size, cfg.emb_dim, cfg.hidden_dim, cfg.dec_layers, cfg.cell,
-                         _attention(cfg), cfg.input_feeding, cfg.dropout, pad_id)
+    encoder = RNNEncoder(
+        src_vocab_size,
+        cfg.emb_dim,
+        cfg.hidden_dim,
+        cfg.enc_layers,
+        cfg.cell,
+        cfg.bidirectional,
+        cfg.dropout,
+        pad_id,
+    )
+    decoder = RNNDecoder(
+        tgt_vocab_size,
+        cfg.emb_dim,
+        cfg.hidden_dim,
+        cfg.dec_layers,
+        cfg.cell,
+        _attention(cfg),
+        cfg.input_feeding,
+        cfg.dropout,
+        pad_id,
+    )
     if cfg.tie_embeddings:
         decoder.out.weight = decoder.embed.weight
     bridge = Bridge(cfg.hidden_dim, cfg.dec_layers, cfg.cell)

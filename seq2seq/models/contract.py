@@ -80,4 +80,4 @@ class Seq2SeqModel(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits ``[batch, tgt_len, tgt_vocab]`` for ``tgt_in`` ``[batch, tgt_len]``."""
+        """Teacher-forced logits ``[batch, tgt_len, tgt_vocab]`` for ``tgt_in [batch, tgt_len]``."""

@@ -10,7 +10,6 @@ step, and with input feeding the attentional state is fed to the next step.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Union
 
 import torch
 from torch import nn
@@ -19,7 +18,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from seq2seq.models.attention import Attention, BahdanauAttention, LuongAttention
 from seq2seq.models.contract import Encoded, Seq2SeqModel
 
-Hidden = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]  # GRU h, or LSTM (h, c)
+Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # GRU h, or LSTM (h, c)
 _CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
 
 
@@ -39,8 +38,17 @@ class RNNEncoder(nn.Module):
     source state has ``hidden_dim`` features either way.
     """
 
-    def __init__(self, vocab_size: int, emb_dim: int, hidden_dim: int, layers: int,
-                 cell: str, bidirectional: bool, dropout: float, pad_id: int):
+    def __init__(
+        self,
+        vocab_size: int,
+        emb_dim: int,
+        hidden_dim: int,
+        layers: int,
+        cell: str,
+        bidirectional: bool,
+        dropout: float,
+        pad_id: int,
+    ):
         super().__init__()
         self.dirs = 2 if bidirectional else 1
         if hidden_dim % self.dirs:
@@ -48,8 +56,14 @@ class RNNEncoder(nn.Module):
         self.layers = layers
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=pad_id)
         self.dropout = nn.Dropout(dropout)
-        self.rnn = _CELLS[cell](emb_dim, hidden_dim // self.dirs, layers, batch_first=True,
-                                bidirectional=bidirectional, dropout=dropout if layers > 1 else 0.0)
+        self.rnn = _CELLS[cell](
+            emb_dim,
+            hidden_dim // self.dirs,
+            layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if layers > 1 else 0.0,
+        )
 
     def forward(self, src: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, Hidden]:
         """Returns ``(states [batch, src_len, hidden], final [layers, batch, hidden])``."""
@@ -80,7 +94,7 @@ class Bridge(nn.Module):
     def forward(self, final: Hidden) -> Hidden:
         parts = final if isinstance(final, tuple) else (final,)
         out = []
-        for proj, h in zip(self.proj, parts):
+        for proj, h in zip(self.proj, parts, strict=True):
             batch = h.size(1)
             init = torch.tanh(proj(h[-1]))  # [batch, dec_layers * hidden]
             out.append(init.view(batch, self.dec_layers, -1).transpose(0, 1).contiguous())
@@ -101,8 +115,18 @@ class RNNState:
 class RNNDecoder(nn.Module):
     """Embedding + GRU/LSTM + output projection, with ``none``/``bahdanau``/``luong`` attention."""
 
-    def __init__(self, vocab_size: int, emb_dim: int, hidden_dim: int, layers: int, cell: str,
-                 attention: Attention | None, input_feeding: bool, dropout: float, pad_id: int):
+    def __init__(
+        self,
+        vocab_size: int,
+        emb_dim: int,
+        hidden_dim: int,
+        layers: int,
+        cell: str,
+        attention: Attention | None,
+        input_feeding: bool,
+        dropout: float,
+        pad_id: int,
+    ):
         super().__init__()
         self.attention = attention
         self.bahdanau = isinstance(attention, BahdanauAttention)
@@ -110,8 +134,13 @@ class RNNDecoder(nn.Module):
         feed_dim = hidden_dim if (self.bahdanau or self.input_feeding) else 0
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=pad_id)
         self.dropout = nn.Dropout(dropout)
-        self.rnn = _CELLS[cell](emb_dim + feed_dim, hidden_dim, layers, batch_first=True,
-                                dropout=dropout if layers > 1 else 0.0)
+        self.rnn = _CELLS[cell](
+            emb_dim + feed_dim,
+            hidden_dim,
+            layers,
+            batch_first=True,
+            dropout=dropout if layers > 1 else 0.0,
+        )
         self.combine = nn.Linear(2 * hidden_dim, hidden_dim) if attention is not None else None
         self.out = nn.Linear(hidden_dim, vocab_size)
 
@@ -121,7 +150,7 @@ class RNNDecoder(nn.Module):
         return self.bahdanau or self.input_feeding
 
     def _attentional(self, out: torch.Tensor, state: RNNState, context=None, attn=None):
-        """``tanh(W [s; c])`` from RNN outputs ``[batch, len, hidden]``; attends if no context yet."""
+        """``tanh(W [s; c])`` for RNN outputs ``[batch, len, hidden]``; attends if no context."""
         if self.attention is None:
             return out, None
         if context is None:
@@ -129,7 +158,7 @@ class RNNDecoder(nn.Module):
         return torch.tanh(self.combine(torch.cat([out, context], dim=-1))), attn
 
     def step(self, emb: torch.Tensor, state: RNNState):
-        """One step for embedded inputs ``[batch, 1, emb]`` -> ``(h~ [batch, 1, hidden], state, attn)``."""
+        """One step: embedded ``[batch, 1, emb]`` -> ``(h~ [batch, 1, hidden], state, attn)``."""
         context = attn = None
         if self.bahdanau:
             query = _top(state.hidden).unsqueeze(1)  # s_{t-1}: [batch, 1, hidden]
@@ -169,8 +198,15 @@ class RNNSeq2Seq(Seq2SeqModel):
         src_vocab_size, tgt_vocab_size, pad_id: see :class:`Seq2SeqModel`.
     """
 
-    def __init__(self, encoder: RNNEncoder, bridge: Bridge, decoder: RNNDecoder,
-                 src_vocab_size: int, tgt_vocab_size: int, pad_id: int = 0):
+    def __init__(
+        self,
+        encoder: RNNEncoder,
+        bridge: Bridge,
+        decoder: RNNDecoder,
+        src_vocab_size: int,
+        tgt_vocab_size: int,
+        pad_id: int = 0,
+    ):
         super().__init__(src_vocab_size, tgt_vocab_size, pad_id)
         self.encoder = encoder
         self.bridge = bridge
@@ -188,8 +224,9 @@ class RNNSeq2Seq(Seq2SeqModel):
         feed = None
         if self.decoder.input_feeding:
             feed = encoded.states.new_zeros(encoded.states.size(0), 1, encoded.states.size(2))
-        return RNNState(hidden=hidden, feed=feed, memory=encoded.states, keys=keys,
-                        mask=encoded.mask)
+        return RNNState(
+            hidden=hidden, feed=feed, memory=encoded.states, keys=keys, mask=encoded.mask
+        )
 
     def step(self, prev_tokens: torch.Tensor, state: RNNState):
         emb = self.decoder.embed(prev_tokens.unsqueeze(1))  # [batch, 1, emb]
@@ -201,9 +238,13 @@ class RNNSeq2Seq(Seq2SeqModel):
         def pick(t, dim=0):
             return None if t is None else t.index_select(dim, index)
 
-        return RNNState(hidden=_map_hidden(state.hidden, lambda h: pick(h, 1)),
-                        feed=pick(state.feed), memory=pick(state.memory),
-                        keys=pick(state.keys), mask=pick(state.mask))
+        return RNNState(
+            hidden=_map_hidden(state.hidden, lambda h: pick(h, 1)),
+            feed=pick(state.feed),
+            memory=pick(state.memory),
+            keys=pick(state.keys),
+            mask=pick(state.mask),
+        )
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         state = self.init_state(self.encode(src))

@@ -34,7 +34,7 @@ class Checkpoint:
     optimizer: dict | None = None
 
     def prefixed(self, prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in self.tensors.items() if k.startswith(prefix)}
 
 
 def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -60,9 +60,14 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, config_text: str, *,
-                    optimizer: torch.optim.Optimizer | None = None,
-                    trainer: dict | None = None) -> None:
+def save_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    config_text: str,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    trainer: dict | None = None,
+) -> None:
     """Write a checkpoint atomically: a crash mid-write leaves the previous file intact.
 
     Args:
@@ -111,10 +116,14 @@ def load_checkpoint(path: Path) -> Checkpoint:
         meta = _read_metadata(path)
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {err}") from None
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupt?): {err}"
+        ) from None
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a seq2seq checkpoint (format tag "
-                              f"{meta.get('format')!r}, expected {FORMAT!r})")
+        raise CheckpointError(
+            f"{path}: not a seq2seq checkpoint (format tag "
+            f"{meta.get('format')!r}, expected {FORMAT!r})"
+        )
     try:
         trainer = json.loads(meta["trainer"]) if "trainer" in meta else None
         optimizer = json.loads(meta["optimizer"]) if "optimizer" in meta else None
@@ -133,13 +142,22 @@ def restore_model(model: torch.nn.Module, ckpt: Checkpoint) -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(weights))
     extra = sorted(set(weights) - set(own))
-    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}"
-              for k, v in own.items() if k in weights and weights[k].shape != v.shape]
+    shapes = [
+        f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in weights and weights[k].shape != v.shape
+    ]
     if missing or extra or shapes:
-        detail = "; ".join(filter(None, [
-            missing and f"missing {', '.join(missing[:3])}",
-            extra and f"unexpected {', '.join(extra[:3])}",
-            shapes and f"shape mismatch {', '.join(shapes[:3])}"]))
+        detail = "; ".join(
+            filter(
+                None,
+                [
+                    missing and f"missing {', '.join(missing[:3])}",
+                    extra and f"unexpected {', '.join(extra[:3])}",
+                    shapes and f"shape mismatch {', '.join(shapes[:3])}",
+                ],
+            )
+        )
         raise CheckpointError(f"{ckpt.path}: weights do not fit this model ({detail})")
     model.load_state_dict(weights)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,8 +23,12 @@ from seq2seq.config import Config, dump_config
 from seq2seq.data.batching import Batch, Examples, collate, token_batches
 from seq2seq.data.vocab import PAD
 from seq2seq.models.contract import Seq2SeqModel
-from seq2seq.training.checkpoint import (load_checkpoint, restore_model, restore_optimizer,
-                                         save_checkpoint)
+from seq2seq.training.checkpoint import (
+    load_checkpoint,
+    restore_model,
+    restore_optimizer,
+    save_checkpoint,
+)
 from seq2seq.training.loss import sequence_loss
 from seq2seq.training.optim import Schedule, build_optimizer
 
@@ -40,10 +45,16 @@ class Progress:
     epoch: int = 0
     batch_in_epoch: int = 0  # batches of ``epoch`` already consumed
     elapsed: float = 0.0  # training wall time so far, seconds (``train.max_time``)
+    tgt_tokens: int = 0  # target tokens trained on so far
     best: float | None = None
     bad_validations: int = 0
     stopped: str = ""
     history: list[dict] = field(default_factory=list)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _rng_state() -> dict:
@@ -74,9 +85,16 @@ class Trainer:
         score_fn: decodes the validation set with the current model, returns BLEU.
     """
 
-    def __init__(self, cfg: Config, model: Seq2SeqModel, train: Examples,
-                 valid: Examples | None, run_dir: Path, device: torch.device,
-                 score_fn: Callable[[], float] | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        model: Seq2SeqModel,
+        train: Examples,
+        valid: Examples | None,
+        run_dir: Path,
+        device: torch.device,
+        score_fn: Callable[[], float] | None = None,
+    ):
         self.cfg, self.tc = cfg, cfg.train
         self.model, self.train_data, self.valid_data = model, train, valid
         self.run_dir, self.device, self.score_fn = Path(run_dir), device, score_fn
@@ -90,8 +108,9 @@ class Trainer:
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         # Each epoch's order depends only on (seed, epoch): resuming can rebuild it.
         rng = random.Random(self.tc.seed * 100003 + epoch)
-        return token_batches(self.train_data, self.tc.batch_tokens, rng=rng,
-                             pool_batches=self.tc.pool_batches)
+        return token_batches(
+            self.train_data, self.tc.batch_tokens, rng=rng, pool_batches=self.tc.pool_batches
+        )
 
     def _batches(self):
         """Yield training batches forever from the saved data position on."""
@@ -175,10 +194,18 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def save_last(self) -> None:
-        trainer = {"progress": asdict(self.progress), "schedule": self.schedule.state_dict(),
-                   "rng": _rng_state()}
-        save_checkpoint(self.run_dir / LAST, self.model, dump_config(self.cfg),
-                        optimizer=self.optimizer, trainer=trainer)
+        trainer = {
+            "progress": asdict(self.progress),
+            "schedule": self.schedule.state_dict(),
+            "rng": _rng_state(),
+        }
+        save_checkpoint(
+            self.run_dir / LAST,
+            self.model,
+            dump_config(self.cfg),
+            optimizer=self.optimizer,
+            trainer=trainer,
+        )
 
     def resume(self) -> None:
         """Restore model, optimizer, schedule, data position and RNG from ``last``."""
@@ -208,8 +235,13 @@ class Trainer:
         """Run until a stop condition; save ``last`` (also on Ctrl-C) and ``best``."""
         self.model.train()
         batches = self._batches()
-        bar = tqdm(total=self.tc.max_steps, initial=self.progress.step, unit="step",
-                   dynamic_ncols=True, disable=None)
+        bar = tqdm(
+            total=self.tc.max_steps,
+            initial=self.progress.step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=None,
+        )
         window_tokens, window_start = 0, time.perf_counter()
         try:
             while not (reason := self._should_stop()):
@@ -220,6 +252,7 @@ class Trainer:
                 loss, n_tokens = self._train_step(next(batches))
                 p.step += 1
                 p.elapsed += time.perf_counter() - started
+                p.tgt_tokens += n_tokens
                 window_tokens += n_tokens
                 # 2. progress bar, log and TensorBoard
                 bar.update(1)
@@ -243,6 +276,13 @@ class Trainer:
         p = self.progress
         p.stopped = reason
         log.info("stopping: %s", reason)
+        log.info(
+            "trained %d steps in %.0f s: %.0f target tokens/s; peak RSS %.0f MB",
+            p.step,
+            p.elapsed,
+            p.tgt_tokens / max(p.elapsed, 1e-9),
+            peak_rss_mb(),
+        )
         if reason != "interrupted" and (not p.history or p.history[-1]["step"] != p.step):
             self._validate()
         self.save_last()
@@ -251,8 +291,9 @@ class Trainer:
 
     def _report(self, loss: float, lr: float, tok_per_s: float, bar) -> None:
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_per_s:,.0f}")
-        log.debug("step %d loss %.4f lr %.3e tgt_tok/s %.0f", self.progress.step, loss, lr,
-                  tok_per_s)
+        log.debug(
+            "step %d loss %.4f lr %.3e tgt_tok/s %.0f", self.progress.step, loss, lr, tok_per_s
+        )
         self._tb("train/loss", loss)
         self._tb("train/lr", lr)
         self._tb("train/tgt_tok_per_s", tok_per_s)

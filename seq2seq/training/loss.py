@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 
-def sequence_loss(logits: torch.Tensor, target: torch.Tensor, pad_id: int,
-                  label_smoothing: float = 0.0) -> torch.Tensor:
+def sequence_loss(
+    logits: torch.Tensor, target: torch.Tensor, pad_id: int, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Summed cross-entropy over real target tokens.
 
     Args:
@@ -19,6 +20,10 @@ def sequence_loss(logits: torch.Tensor, target: torch.Tensor, pad_id: int,
     Returns:
         A scalar: the loss summed over tokens (divide by the token count to average).
     """
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1),
-                           ignore_index=pad_id, label_smoothing=label_smoothing,
-                           reduction="sum")
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(),
+        target.reshape(-1),
+        ignore_index=pad_id,
+        label_smoothing=label_smoothing,
+        reduction="sum",
+    )
