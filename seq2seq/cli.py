@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train the built-in date task and show what it learned")
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     p.add_argument(
-        "--max-time", type=float, default=150.0, help="training budget in seconds (default: 150)"
+        "--max-time", type=float, default=90.0, help="training budget in seconds (default: 90)"
     )
     p.set_defaults(func=cmd_demo)
     return parser

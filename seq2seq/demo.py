@@ -37,7 +37,7 @@ DEMO_CONFIG = {
 }
 
 
-def run_demo(out: Path, max_time: float = 150.0) -> dict:
+def run_demo(out: Path, max_time: float = 90.0) -> dict:
     """Train, print samples and scores, write ``metrics.json`` and ``attention.png``.
 
     Returns:

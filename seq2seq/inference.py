@@ -84,12 +84,21 @@ class Translator:
     def translate(
         self, texts: list[str], *, attention: bool = False, progress: bool = False
     ) -> list[Translation]:
-        """Translate raw sentences; outputs come back in input order."""
+        """Translate raw sentences; outputs come back in input order.
+
+        Empty or whitespace-only inputs give empty outputs (line alignment is kept).
+        """
         was_training = self.model.training
         self.model.eval()
         examples = Examples([self.src_codec.encode(t) for t in texts], [])
-        results: list[Translation | None] = [None] * len(texts)
-        batches = token_batches(examples, self.decode.batch_tokens)
+        results = [Translation("", 0.0, [], []) for _ in texts]
+        real = [i for i, t in enumerate(texts) if t.strip()]
+        batches = [
+            [real[j] for j in b]
+            for b in token_batches(
+                Examples([examples.src[i] for i in real], []), self.decode.batch_tokens
+            )
+        ]
         for index in tqdm(batches, disable=not progress, unit="batch", leave=False):
             src = collate(examples, index).src.to(self.device)
             hyps = greedy(

@@ -290,7 +290,12 @@ class Trainer:
             self._writer.close()
 
     def _report(self, loss: float, lr: float, tok_per_s: float, bar) -> None:
-        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_per_s:,.0f}")
+        postfix = {"loss": f"{loss:.3f}", "lr": f"{lr:.2e}", "tok/s": f"{tok_per_s:,.0f}"}
+        if self.tc.max_time is not None:
+            # The bar's own ETA counts steps; with a time budget the budget decides.
+            left = max(0.0, self.tc.max_time - self.progress.elapsed)
+            postfix["budget_left"] = time.strftime("%H:%M:%S", time.gmtime(left))
+        bar.set_postfix(postfix)
         log.debug(
             "step %d loss %.4f lr %.3e tgt_tok/s %.0f", self.progress.step, loss, lr, tok_per_s
         )
