@@ -9,6 +9,7 @@ model.save("my_model"); Seq2Seq.load("my_model")
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import tempfile
@@ -21,11 +22,11 @@ from seq2seq import metrics as metrics_lib
 from seq2seq.config import Config, dump_config, from_dict, save_config
 from seq2seq.data.corpus import ParallelText, read_parallel
 from seq2seq.data.prepare import copy_codecs, encode, fit_codecs, load_codecs, load_split
-from seq2seq.errors import DataError
+from seq2seq.errors import CheckpointError, ConfigError, DataError
 from seq2seq.inference import Translation, Translator, load_run, pick_device
 from seq2seq.models.build import build_model
 from seq2seq.training.checkpoint import save_checkpoint
-from seq2seq.training.loop import BEST, Progress, Trainer
+from seq2seq.training.loop import BEST, LAST, Progress, Trainer, step_log
 
 log = logging.getLogger("seq2seq")
 
@@ -46,13 +47,30 @@ def _as_text(data: Data, cfg: Config, split: str) -> ParallelText | None:
     return ParallelText([s for s, _ in pairs], [t for _, t in pairs], split, len(data) - len(pairs))
 
 
-def _log_to(run_dir: Path) -> logging.Handler:
+@contextlib.contextmanager
+def _log_to(run_dir: Path):
+    """Log to ``run_dir/train.log`` (validation lines and every step's line) while training."""
     handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    # The file gets every step's line; console handlers are set to INFO by the CLI.
-    log.setLevel(logging.DEBUG)
-    return handler
+    old_level = log.level
+    log.setLevel(logging.INFO)
+    step_log.setLevel(logging.INFO)
+    for logger in (log, step_log):
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for logger in (log, step_log):
+            logger.removeHandler(handler)
+        log.setLevel(old_level)
+        handler.close()
+
+
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run directory {run_dir} is an existing file, not a directory")
+    if resume and not (run_dir / LAST).is_file():
+        raise CheckpointError(f"nothing to resume in {run_dir}: it holds no {LAST}")
 
 
 class Seq2Seq:
@@ -89,15 +107,11 @@ class Seq2Seq:
         """
         cfg = self.config
         run_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="seq2seq-"))
+        _check_run_dir(run_dir, resume)
+        train_text, valid_text = _as_text(train, cfg, "train"), _as_text(valid, cfg, "valid")
         run_dir.mkdir(parents=True, exist_ok=True)
-        handler = _log_to(run_dir)
-        try:
-            self._fit(
-                cfg, run_dir, _as_text(train, cfg, "train"), _as_text(valid, cfg, "valid"), resume
-            )
-        finally:
-            log.removeHandler(handler)
-            handler.close()
+        with _log_to(run_dir):
+            self._fit(cfg, run_dir, train_text, valid_text, resume)
         return self.progress.history
 
     def _fit(self, cfg: Config, run_dir: Path, train_text, valid_text, resume: bool) -> None:

@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 
 from seq2seq import metrics as metrics_lib
-from seq2seq.errors import Seq2SeqError
+from seq2seq.errors import DataError, Seq2SeqError
 
 log = logging.getLogger("seq2seq")
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def cmd_train(args: argparse.Namespace) -> int | None:
     from seq2seq.api import Seq2Seq
     from seq2seq.config import load_config
     from seq2seq.errors import ConfigError
@@ -30,7 +30,14 @@ def cmd_train(args: argparse.Namespace) -> None:
             f"{out} already holds a training run: pass --resume to continue it, "
             "or choose another --out"
         )
-    history = Seq2Seq(cfg).fit(out=out, resume=args.resume)
+    model = Seq2Seq(cfg)
+    history = model.fit(out=out, resume=args.resume)
+    if model.progress.stopped == "interrupted":
+        print(
+            f"interrupted: the last checkpoint is saved; continue with --resume --out {out}",
+            file=sys.stderr,
+        )
+        return 130
     print(f"run directory: {out}")
     if history:
         print(
@@ -40,30 +47,50 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def _read_input(path: str | None) -> list[str]:
-    from seq2seq.data.corpus import read_lines
+    from seq2seq.data.corpus import read_lines, read_stream
 
+    return read_stream(sys.stdin.buffer) if path is None else read_lines(path)
+
+
+def _check_writable(path: str | None) -> None:
+    """Fail before the work, not after it, when an output file cannot be written."""
     if path is None:
-        return [line.rstrip("\r\n") for line in sys.stdin]
-    return read_lines(path)
+        return
+    parent = Path(path).resolve().parent
+    if not parent.is_dir() or Path(path).is_dir():
+        raise DataError(
+            f"cannot write {path}: no such directory {parent}"
+            if not parent.is_dir()
+            else f"cannot write {path}: it is a directory"
+        )
+
+
+def _write_lines(path: str, lines: list[str]) -> None:
+    try:
+        Path(path).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    except OSError as err:
+        raise DataError(f"cannot write {path}: {err.strerror or err}") from None
 
 
 def cmd_translate(args: argparse.Namespace) -> None:
     from seq2seq.inference import Translator
 
+    _check_writable(args.output)
     translator = Translator.from_run(args.run_dir, args.checkpoint, args.device)
     texts = _read_input(args.input)
     results = translator.translate(
         texts, attention=bool(args.attention), progress=args.input is not None
     )
-    lines = "".join(r.text + "\n" for r in results)
     if args.output:
-        Path(args.output).write_text(lines, encoding="utf-8")
+        _write_lines(args.output, [r.text for r in results])
     else:
-        sys.stdout.write(lines)
+        sys.stdout.write("".join(r.text + "\n" for r in results))
     if args.attention:
         from seq2seq.viz import plot_attention
 
         for i, r in enumerate(results):
+            if r.attention is None:  # an empty input line: nothing was decoded
+                continue
             plot_attention(
                 r.attention,
                 r.src_tokens,
@@ -75,16 +102,16 @@ def cmd_translate(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from seq2seq.data.corpus import read_lines
-    from seq2seq.errors import DataError
     from seq2seq.inference import Translator
 
     srcs, refs = read_lines(args.src), read_lines(args.ref)
     if len(srcs) != len(refs):
         raise DataError(f"{args.src} has {len(srcs)} lines but {args.ref} has {len(refs)}")
+    _check_writable(args.hyp_out)
     translator = Translator.from_run(args.run_dir, args.checkpoint, args.device)
     hyps = [r.text for r in translator.translate(srcs, progress=True)]
     if args.hyp_out:
-        Path(args.hyp_out).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+        _write_lines(args.hyp_out, hyps)
     try:
         scores = metrics_lib.compute(hyps, refs, args.metrics.split(","))
     except ValueError as err:
@@ -105,7 +132,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         default="best",
         help="best (default), last, or a path to a .safetensors checkpoint",
     )
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="auto (default), cpu or cuda",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,14 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[console])
     try:
-        args.func(args)
+        code = args.func(args)
     except Seq2SeqError as err:
         print(f"seq2seq {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"seq2seq {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

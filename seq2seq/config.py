@@ -248,7 +248,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             value = yaml.safe_load(text)
         except yaml.YAMLError as err:
             raise ConfigError(f"override '{item}': cannot parse the value ({err})") from None
-        section = raw.setdefault(parts[0], {})
+        if raw.get(parts[0]) is None:  # absent, or left empty in the YAML file
+            raw[parts[0]] = {}
+        section = raw[parts[0]]
         if not isinstance(section, dict):
             raise ConfigError(f"override '{item}': '{parts[0]}' is not a section")
         section[parts[1]] = value

@@ -18,7 +18,7 @@ from seq2seq.data.batching import Examples, collate, token_batches
 from seq2seq.data.prepare import load_codecs
 from seq2seq.data.tokenizers import TextCodec
 from seq2seq.data.vocab import BOS, EOS
-from seq2seq.errors import CheckpointError
+from seq2seq.errors import CheckpointError, ConfigError
 from seq2seq.models.build import build_model
 from seq2seq.models.contract import Seq2SeqModel
 from seq2seq.search import greedy
@@ -39,8 +39,17 @@ class Translation:
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+
+    Raises:
+        ConfigError: an unknown name, or ``cuda`` on a machine without it.
+    """
+    if name not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"unknown device {name!r}: use auto, cpu or cuda")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for, but this PyTorch build sees no CUDA GPU")
     return torch.device(name)
 
 

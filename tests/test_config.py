@@ -170,11 +170,6 @@ def test_later_override_wins() -> None:
     assert load_config(None, ["train.seed=1", "train.seed=2"]).train.seed == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="apply_overrides rejects a section left empty in the YAML (parsed as None), "
-    "although from_dict accepts it",
-)
 def test_override_into_empty_section(tmp_path: Path) -> None:
     path = _yaml(tmp_path, "train:\n  # lr: 0.1   (every key commented out)\n")
     assert load_config(path, ["train.lr=0.5"]).train.lr == 0.5

@@ -139,6 +139,15 @@ def read_lines(path: str | Path) -> list[str]:
     return [line for _, line in _iter_lines(Path(path))]
 
 
+def read_stream(stream: BinaryIO, name: str = "<stdin>") -> list[str]:
+    """Like :func:`read_lines`, for an open binary stream such as ``sys.stdin.buffer``.
+
+    Raises:
+        DataError: If a line is not valid UTF-8 (naming ``name`` and the line).
+    """
+    return [_decode_line(name, number, raw) for number, raw in enumerate(stream, start=1)]
+
+
 def _single_file_format(path: Path) -> str | None:
     """``"tsv"`` or ``"jsonl"`` if ``path`` names a one-file corpus, else ``None``."""
     lowered = str(path).lower()
@@ -180,7 +189,7 @@ def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
             raise DataError(f"{path}, line {number + 1}: cannot read file ({error})") from None
 
 
-def _decode_line(path: Path, number: int, raw: bytes) -> str:
+def _decode_line(path: Path | str, number: int, raw: bytes) -> str:
     """Decode one raw line as UTF-8 and drop its ``\\n`` or ``\\r\\n`` ending."""
     if raw.endswith(b"\n"):
         raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]

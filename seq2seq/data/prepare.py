@@ -17,7 +17,7 @@ from seq2seq.data.corpus import ParallelText, read_parallel
 from seq2seq.data.tasks import make_task
 from seq2seq.data.tokenizers import TextCodec, Tokenizer, load_tokenizer, train_tokenizer
 from seq2seq.data.vocab import Vocab
-from seq2seq.errors import ConfigError
+from seq2seq.errors import ConfigError, DataError
 
 log = logging.getLogger("seq2seq")
 
@@ -117,4 +117,8 @@ def copy_codecs(cfg: DataConfig, src_dir: Path, dst_dir: Path) -> None:
 def encode(text: ParallelText, src: TextCodec, tgt: TextCodec, max_len: int | None) -> Examples:
     """Encode sentence pairs; with ``max_len`` drop (and count) longer pairs."""
     examples = Examples([src.encode(s) for s in text.src], [tgt.encode(t) for t in text.tgt])
-    return filter_long(examples, max_len, text.name) if max_len else examples
+    if max_len:
+        examples = filter_long(examples, max_len, text.name)
+    if not len(examples):
+        raise DataError(f"{text.name}: no sentence pairs left within data.max_len={max_len}")
+    return examples

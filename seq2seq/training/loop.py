@@ -33,6 +33,9 @@ from seq2seq.training.loss import sequence_loss
 from seq2seq.training.optim import Schedule, build_optimizer
 
 log = logging.getLogger("seq2seq")
+# Per-step lines go to the run's train.log only, never to the console.
+step_log = logging.getLogger("seq2seq.steps")
+step_log.propagate = False
 
 LAST, BEST = "last.safetensors", "best.safetensors"
 
@@ -102,6 +105,8 @@ class Trainer:
         self.schedule = Schedule(self.tc)
         self.progress = Progress()
         self._writer = None
+        self._order: list[list[int]] = []
+        self._order_epoch = -1
 
     # ------------------------------------------------------------------ data order
 
@@ -112,15 +117,18 @@ class Trainer:
             self.train_data, self.tc.batch_tokens, rng=rng, pool_batches=self.tc.pool_batches
         )
 
-    def _batches(self):
-        """Yield training batches forever from the saved data position on."""
-        while True:
-            p = self.progress
-            order = self._epoch_batches(p.epoch)
-            while p.batch_in_epoch < len(order):
-                index = order[p.batch_in_epoch]
-                p.batch_in_epoch += 1
-                yield collate(self.train_data, index)
+    def _next_batch(self) -> Batch:
+        """The batch at the saved data position; :meth:`_advance` moves past it."""
+        p = self.progress
+        if self._order_epoch != p.epoch:
+            self._order, self._order_epoch = self._epoch_batches(p.epoch), p.epoch
+        return collate(self.train_data, self._order[p.batch_in_epoch])
+
+    def _advance(self) -> None:
+        """Count the batch just trained on: only completed steps move the data position."""
+        p = self.progress
+        p.batch_in_epoch += 1
+        if p.batch_in_epoch >= len(self._order):
             p.epoch, p.batch_in_epoch = p.epoch + 1, 0
 
     # ------------------------------------------------------------------ one step
@@ -234,7 +242,6 @@ class Trainer:
     def train(self) -> Progress:
         """Run until a stop condition; save ``last`` (also on Ctrl-C) and ``best``."""
         self.model.train()
-        batches = self._batches()
         bar = tqdm(
             total=self.tc.max_steps,
             initial=self.progress.step,
@@ -249,7 +256,8 @@ class Trainer:
                 p = self.progress
                 # 1. learning rate for this step, then one update on the next batch
                 lr = self.schedule.apply(self.optimizer, p.step + 1)
-                loss, n_tokens = self._train_step(next(batches))
+                loss, n_tokens = self._train_step(self._next_batch())
+                self._advance()
                 p.step += 1
                 p.elapsed += time.perf_counter() - started
                 p.tgt_tokens += n_tokens
@@ -296,7 +304,7 @@ class Trainer:
             left = max(0.0, self.tc.max_time - self.progress.elapsed)
             postfix["budget_left"] = time.strftime("%H:%M:%S", time.gmtime(left))
         bar.set_postfix(postfix)
-        log.debug(
+        step_log.info(
             "step %d loss %.4f lr %.3e tgt_tok/s %.0f", self.progress.step, loss, lr, tok_per_s
         )
         self._tb("train/loss", loss)

@@ -1,0 +1,242 @@
+"""The Python API: build, fit on sentence pairs, predict, evaluate, save and load."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from seq2seq.api import Seq2Seq
+from seq2seq.config import Config, load_config
+from seq2seq.data.tasks import make_task
+from seq2seq.errors import CheckpointError, ConfigError, DataError
+
+SECTIONS = {
+    "data": {"tokenizer": "char"},
+    "model": {"emb_dim": 12, "hidden_dim": 16, "dropout": 0.1},
+    "train": {
+        "seed": 4,
+        "batch_tokens": 300,
+        "max_steps": 20,
+        "valid_every": 10,
+        "log_every": 5,
+        "device": "cpu",
+    },
+    "decode": {"max_len_a": 1.0, "max_len_b": 4},
+}
+SOURCES = ["a b c", "x y", "1 2 3 4", "", "q"]
+
+
+def _pairs(split: str, size: int) -> list[tuple[str, str]]:
+    src, tgt = make_task("reverse", split, size, 7)
+    return list(zip(src, tgt, strict=True))
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> Seq2Seq:
+    """A model fitted on Python lists of (source, target) pairs."""
+    model = Seq2Seq(**SECTIONS)
+    model.fit(_pairs("train", 300), _pairs("valid", 20), out=tmp_path_factory.mktemp("fit"))
+    return model
+
+
+# ---------------------------------------------------------------------------- building
+
+
+def test_build_from_sections() -> None:
+    model = Seq2Seq(**SECTIONS)
+    assert isinstance(model.config, Config)
+    assert model.config.model.emb_dim == 12
+    assert model.config.train.max_steps == 20
+    assert model.config.model.cell == "gru"  # defaults fill the rest
+    assert model.translator is None and model.run_dir is None
+
+
+def test_build_from_config_with_overrides() -> None:
+    base = Seq2Seq(**SECTIONS).config
+    model = Seq2Seq(base, train={"lr": 1e-4})
+    assert model.config.train.lr == 1e-4
+    assert model.config.model == base.model
+
+
+def test_build_rejects_bad_keys() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'hidden_dim'"):
+        Seq2Seq(model={"hiden_dim": 8})
+    with pytest.raises(ConfigError, match="model.dropout"):
+        Seq2Seq(model={"dropout": 1.5})
+
+
+@pytest.mark.parametrize("call", ["predict", "translate", "evaluate", "save"])
+def test_use_before_fit_is_a_clear_error(call: str, tmp_path: Path) -> None:
+    model = Seq2Seq(**SECTIONS)
+    args = {
+        "predict": (["a b"],),
+        "translate": (["a b"],),
+        "evaluate": ([("a b", "b a")],),
+        "save": (tmp_path / "saved",),
+    }[call]
+    with pytest.raises(RuntimeError, match=r"fit\(\)"):
+        getattr(model, call)(*args)
+
+
+# ---------------------------------------------------------------------------- fit
+
+
+def test_fit_returns_history(fitted: Seq2Seq) -> None:
+    history = fitted.progress.history
+    assert [r["step"] for r in history] == [10, 20]
+    for record in history:
+        assert {"valid_loss", "valid_ppl", "valid_bleu"} <= set(record)
+    assert fitted.run_dir is not None and (fitted.run_dir / "best.safetensors").is_file()
+    saved = load_config(fitted.run_dir / "config.yaml")
+    assert saved == fitted.config
+
+
+def test_fit_without_out_uses_a_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model = Seq2Seq(**{**SECTIONS, "train": {**SECTIONS["train"], "max_steps": 2}})
+    history = model.fit([("a b", "b a"), ("c d e", "e d c")])
+    assert history[-1]["step"] == 2
+    assert model.run_dir is not None and model.run_dir.parent == tmp_path
+    assert (model.run_dir / "last.safetensors").is_file()
+    assert isinstance(model.predict(["a b"])[0], str)
+
+
+def test_fit_from_config_task(tmp_path: Path) -> None:
+    sections = {**SECTIONS, "data": {"tokenizer": "char", "task": "sort", "task_size": 100}}
+    sections["train"] = {**SECTIONS["train"], "max_steps": 4, "valid_every": 4}
+    model = Seq2Seq(**sections)
+    model.fit(out=tmp_path)
+    scores = model.evaluate()  # the task's test split
+    assert {"bleu", "chrf", "exact_match"} <= set(scores)
+
+
+def test_fit_from_tsv_file(tmp_path: Path) -> None:
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text("".join(f"{s}\t{t}\n" for s, t in _pairs("train", 40)), encoding="utf-8")
+    sections = {**SECTIONS, "train": {**SECTIONS["train"], "max_steps": 2}}
+    model = Seq2Seq(**sections)
+    model.fit(str(tsv), out=tmp_path / "run")
+    assert model.progress.step == 2
+
+
+def test_fit_skips_empty_pairs_and_rejects_none_usable(tmp_path: Path) -> None:
+    sections = {**SECTIONS, "train": {**SECTIONS["train"], "max_steps": 1}}
+    Seq2Seq(**sections).fit([("a b", "b a"), ("", "x"), ("y", "  ")], out=tmp_path / "ok")
+    with pytest.raises(DataError, match="no usable sentence pairs"):
+        Seq2Seq(**sections).fit([("", "x"), ("y", " ")], out=tmp_path / "bad")
+
+
+# ---------------------------------------------------------------------------- inference
+
+
+def test_predict_returns_strings(fitted: Seq2Seq) -> None:
+    outputs = fitted.predict(SOURCES)
+    assert len(outputs) == len(SOURCES)
+    assert all(isinstance(o, str) for o in outputs)
+    assert fitted.predict(iter(SOURCES)) == outputs  # any iterable, same order
+    assert fitted.predict([]) == []
+
+
+def test_predict_is_independent_of_batching(fitted: Seq2Seq) -> None:
+    together = fitted.predict(SOURCES)
+    alone = [fitted.predict([s])[0] for s in SOURCES]
+    assert together == alone
+
+
+def test_evaluate_pairs(fitted: Seq2Seq) -> None:
+    scores = fitted.evaluate(_pairs("test", 20))
+    assert {"bleu", "chrf", "exact_match"} <= set(scores)
+    assert 0.0 <= scores["exact_match"] <= 1.0
+    assert 0.0 <= scores["bleu"] <= 100.0
+    assert set(fitted.evaluate(_pairs("test", 5), metrics=["exact"])) == {"exact_match"}
+
+
+def test_evaluate_without_data_is_a_clear_error(fitted: Seq2Seq) -> None:
+    with pytest.raises(DataError, match="no evaluation data"):
+        fitted.evaluate()
+
+
+def test_translate_with_attention(fitted: Seq2Seq) -> None:
+    sources = [s for s in SOURCES if s]
+    results = fitted.translate(sources, attention=True)
+    assert [r.text for r in results] == fitted.predict(sources)
+    for source, result in zip(sources, results, strict=True):
+        assert result.src_tokens == [*source, "</s>"]
+        assert result.attention is not None
+        assert tuple(result.attention.shape) == (len(result.out_tokens), len(result.src_tokens))
+        assert torch.allclose(result.attention.sum(-1), torch.ones(len(result.out_tokens)))
+        assert isinstance(result.score, float) and result.score <= 0.0
+    assert all(r.attention is None for r in fitted.translate(sources))
+
+
+def test_empty_input_gives_empty_output(fitted: Seq2Seq) -> None:
+    assert fitted.predict(["", "   ", "a b"])[:2] == ["", ""]
+    (result,) = fitted.translate([""], attention=True)
+    assert result.text == "" and result.out_tokens == []
+    if result.attention is not None:
+        assert tuple(result.attention.shape) == (0, len(result.src_tokens))
+
+
+# ---------------------------------------------------------------------------- persistence
+
+
+def test_save_load_round_trip(fitted: Seq2Seq, tmp_path: Path) -> None:
+    saved = fitted.save(tmp_path / "saved")
+    for name in ("config.yaml", "best.safetensors", "src_vocab.json", "tgt_vocab.json"):
+        assert (saved / name).is_file(), name
+    loaded = Seq2Seq.load(saved, device="cpu")
+    assert loaded.config == fitted.config
+    assert loaded.predict(SOURCES) == fitted.predict(SOURCES)
+    sources = [s for s in SOURCES if s]
+    before = fitted.translate(sources, attention=True)
+    after = loaded.translate(sources, attention=True)
+    assert [r.score for r in after] == [r.score for r in before]
+    assert all(torch.equal(a.attention, b.attention) for a, b in zip(after, before, strict=True))
+    # A loaded model saves again, to a second directory, unchanged.
+    again = Seq2Seq.load(loaded.save(tmp_path / "again"), device="cpu")
+    assert again.predict(SOURCES) == fitted.predict(SOURCES)
+
+
+def test_load_training_run_directory(fitted: Seq2Seq) -> None:
+    loaded = Seq2Seq.load(fitted.run_dir, device="cpu")
+    assert loaded.predict(SOURCES) == fitted.predict(SOURCES)
+    last = Seq2Seq.load(fitted.run_dir, checkpoint="last", device="cpu")
+    assert len(last.predict(SOURCES)) == len(SOURCES)
+
+
+def test_load_non_run_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not a run directory"):
+        Seq2Seq.load(tmp_path)
+
+
+# ---------------------------------------------------------------------------- logging
+
+
+def test_fit_respects_application_log_level(tmp_path: Path) -> None:
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    root, handler = logging.getLogger(), Collect()
+    seq2seq_logger = logging.getLogger("seq2seq")
+    old_root, old_pkg = root.level, seq2seq_logger.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)  # what logging.basicConfig(level=logging.INFO) does
+    try:
+        sections = {**SECTIONS, "train": {**SECTIONS["train"], "max_steps": 2, "log_every": 1}}
+        Seq2Seq(**sections).fit([("a b", "b a")], out=tmp_path)
+        leaked = [r.getMessage() for r in records if r.levelno < logging.INFO]
+        level_after = seq2seq_logger.level
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_root)
+        seq2seq_logger.setLevel(old_pkg)
+    assert "step 1" in (tmp_path / "train.log").read_text(encoding="utf-8")
+    assert leaked == []
+    assert level_after == old_pkg
