@@ -32,6 +32,7 @@ DEMO_CONFIG = {
         "log_every": 50,
         "valid_bleu": False,
         "max_steps": 100000,
+        "max_time": 90.0,
     },
     "decode": {"max_len_a": 0.0, "max_len_b": 14},
 }
