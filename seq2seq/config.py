@@ -50,9 +50,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The network: sizes, recurrent cell and attention."""
+    """The network. ``hidden_dim`` is the RNN state size, or the Transformer's d_model
+    (whose embeddings have that size too: ``emb_dim`` is for RNNs only)."""
 
-    arch: Literal["rnn"] = "rnn"
+    arch: Literal["rnn", "transformer"] = "rnn"
     cell: Literal["gru", "lstm"] = "gru"
     emb_dim: int = _opt(256, lo=1)
     hidden_dim: int = _opt(512, lo=1)
@@ -64,6 +65,12 @@ class ModelConfig:
     input_feeding: bool = True
     dropout: float = _opt(0.2, lo=0.0, hi=0.99)
     tie_embeddings: bool = False
+    share_embeddings: bool = False
+    heads: int = _opt(4, lo=1)
+    ff_dim: int = _opt(1024, lo=1)
+    norm: Literal["pre", "post"] = "pre"
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
+    max_positions: int = _opt(1024, lo=1)
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,8 @@ class TrainConfig:
     lr: float = _opt(1e-3, lo=0.0)
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = _opt(0.0, lo=0.0)
+    accumulate: int = _opt(1, lo=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     clip_grad_norm: float = _opt(1.0, lo=0.0)
     label_smoothing: float = _opt(0.1, lo=0.0, hi=0.99)
     schedule: Literal["constant", "noam", "plateau"] = "constant"
@@ -91,6 +100,7 @@ class TrainConfig:
     valid_bleu: bool = True
     early_stop_metric: Literal["bleu", "loss"] = "loss"
     patience: int = _opt(0, lo=0)
+    keep_checkpoints: int = _opt(5, lo=0)
     log_every: int = _opt(100, lo=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = _opt(0, lo=0)
@@ -114,6 +124,13 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.share_embeddings and not self.data.joint_vocab:
+            raise ConfigError(
+                "model.share_embeddings: encoder and decoder can share one embedding table "
+                "only with a joint vocabulary (set data.joint_vocab: true)"
+            )
 
     def replace(self, **sections: Any) -> Config:
         """A validated copy with some keys changed: ``cfg.replace(train={"lr": 1e-4})``."""

@@ -18,10 +18,14 @@ VARIANTS = {
     "lstm-luong-general": dict(cell="lstm", attention="luong", enc_layers=2, dec_layers=2),
     "lstm-bahdanau-uni": dict(cell="lstm", attention="bahdanau", bidirectional=False),
     "gru-tied": dict(attention="bahdanau", emb_dim=16, tie_embeddings=True),
+    "transformer-pre": dict(arch="transformer", ff_dim=32, enc_layers=2, dec_layers=2),
+    "transformer-post-learned": dict(arch="transformer", ff_dim=32, norm="post",
+                                     positions="learned", tie_embeddings=True),
 }
 
 
 def make(name):
+    """A tiny model of one variant, in eval mode (no dropout)."""
     torch.manual_seed(0)
     cfg = ModelConfig(**{"emb_dim": 12, "hidden_dim": 16, "dropout": 0.0, **VARIANTS[name]})
     return build_model(cfg, SRC_V, TGT_V, pad_id=PAD).eval()
@@ -99,3 +103,28 @@ def test_batched_greedy_equals_one_by_one(model):
 def test_tied_embeddings_share_storage():
     m = make("gru-tied")
     assert m.decoder.out.weight.data_ptr() == m.decoder.embed.weight.data_ptr()
+    m = make("transformer-post-learned")
+    assert m.out.weight.data_ptr() == m.tgt_embed.tokens.weight.data_ptr()
+    assert m.src_embed.tokens.weight.data_ptr() != m.tgt_embed.tokens.weight.data_ptr()
+
+
+def test_transformer_shares_all_three_embeddings():
+    cfg = ModelConfig(arch="transformer", hidden_dim=16, ff_dim=32, share_embeddings=True)
+    m = build_model(cfg, TGT_V, TGT_V, pad_id=PAD)
+    ptrs = {m.out.weight.data_ptr(), m.tgt_embed.tokens.weight.data_ptr(),
+            m.src_embed.tokens.weight.data_ptr()}
+    assert len(ptrs) == 1
+
+
+def test_transformer_cached_decoding_equals_full_recompute():
+    """Incremental decoding with the KV cache == recomputing the whole prefix, in fp32."""
+    m = make("transformer-pre")
+    src, tgt = batch()
+    encoded = m.encode(src)
+    state = m.init_state(encoded)
+    worst = 0.0
+    for t in range(tgt.size(1)):
+        cached, state, _ = m.step(tgt[:, t], state)
+        full = torch.log_softmax(m.out(m.decode_states(encoded, tgt[:, : t + 1]))[:, -1], -1)
+        worst = max(worst, (cached - full).abs().max().item())
+    assert worst < 1e-5

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 from seq2seq.config import ModelConfig
 from seq2seq.errors import ConfigError
 from seq2seq.models.attention import Attention, BahdanauAttention, LuongAttention
 from seq2seq.models.contract import Seq2SeqModel
 from seq2seq.models.rnn import Bridge, RNNDecoder, RNNEncoder, RNNSeq2Seq
+from seq2seq.models.transformer import DecoderLayer, Embeddings, EncoderLayer, TransformerSeq2Seq
 
 
 def _attention(cfg: ModelConfig) -> Attention | None:
@@ -18,6 +21,17 @@ def _attention(cfg: ModelConfig) -> Attention | None:
 
 
 def _check(cfg: ModelConfig) -> None:
+    if cfg.arch == "transformer":
+        if cfg.hidden_dim % cfg.heads:
+            raise ConfigError(
+                f"model.hidden_dim: {cfg.hidden_dim} is not divisible by model.heads={cfg.heads}"
+            )
+        return
+    if cfg.share_embeddings:
+        raise ConfigError(
+            "model.share_embeddings: only the Transformer shares the encoder's "
+            "embeddings; use model.tie_embeddings for the RNN decoder"
+        )
     if cfg.bidirectional and cfg.hidden_dim % 2:
         raise ConfigError(
             f"model.hidden_dim: a bidirectional encoder needs an even size, got {cfg.hidden_dim}"
@@ -39,6 +53,8 @@ def build_model(
         ConfigError: for combinations of settings that cannot be built.
     """
     _check(cfg)
+    if cfg.arch == "transformer":
+        return _transformer(cfg, src_vocab_size, tgt_vocab_size, pad_id)
     encoder = RNNEncoder(
         src_vocab_size,
         cfg.emb_dim,
@@ -64,3 +80,26 @@ def build_model(
         decoder.out.weight = decoder.embed.weight
     bridge = Bridge(cfg.hidden_dim, cfg.dec_layers, cfg.cell)
     return RNNSeq2Seq(encoder, bridge, decoder, src_vocab_size, tgt_vocab_size, pad_id)
+
+
+def _transformer(cfg: ModelConfig, src_vocab: int, tgt_vocab: int, pad_id: int) -> Seq2SeqModel:
+    dim, learned, pre = cfg.hidden_dim, cfg.positions == "learned", cfg.norm == "pre"
+
+    def embeddings(vocab: int) -> Embeddings:
+        return Embeddings(vocab, dim, pad_id, cfg.dropout, learned, cfg.max_positions)
+
+    src_embed, tgt_embed = embeddings(src_vocab), embeddings(tgt_vocab)
+    if cfg.share_embeddings:
+        tgt_embed.tokens.weight = src_embed.tokens.weight
+    encoder = [
+        EncoderLayer(dim, cfg.heads, cfg.ff_dim, cfg.dropout, pre) for _ in range(cfg.enc_layers)
+    ]
+    decoder = [
+        DecoderLayer(dim, cfg.heads, cfg.ff_dim, cfg.dropout, pre) for _ in range(cfg.dec_layers)
+    ]
+    out = nn.Linear(dim, tgt_vocab, bias=False)
+    if cfg.tie_embeddings or cfg.share_embeddings:
+        out.weight = tgt_embed.tokens.weight
+    return TransformerSeq2Seq(
+        src_embed, tgt_embed, encoder, decoder, out, pre, src_vocab, tgt_vocab, pad_id
+    )

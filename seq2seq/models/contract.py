@@ -9,7 +9,8 @@ ask which family they hold:
 * ``step(prev_tokens, state)`` advances one token for the whole batch;
 * ``reorder(state, index)`` selects or duplicates rows of a state (beam search,
   dropping finished sentences);
-* ``forward(src, tgt_in)`` is the teacher-forced pass used in training.
+* ``forward(src, tgt_in)`` is the teacher-forced pass; training calls its two halves,
+  ``features`` and ``project``, so that padding positions skip the output layer.
 """
 
 from __future__ import annotations
@@ -79,5 +80,13 @@ class Seq2SeqModel(nn.Module, abc.ABC):
         """Select rows ``index`` (``[new_batch]``, int64) of every tensor in ``state``."""
 
     @abc.abstractmethod
+    def features(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced decoder outputs ``[batch, tgt_len, dim]`` before the output layer."""
+
+    @abc.abstractmethod
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """Output-layer logits ``[..., tgt_vocab]`` for features ``[..., dim]``."""
+
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits ``[batch, tgt_len, tgt_vocab]`` for ``tgt_in [batch, tgt_len]``."""
+        return self.project(self.features(src, tgt_in))

@@ -246,6 +246,8 @@ class RNNSeq2Seq(Seq2SeqModel):
             mask=pick(state.mask),
         )
 
-    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
-        state = self.init_state(self.encode(src))
-        return self.decoder.logits(self.decoder(tgt_in, state))
+    def features(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        return self.decoder(tgt_in, self.init_state(self.encode(src)))
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        return self.decoder.logits(features)

@@ -1,0 +1,286 @@
+"""The Transformer encoder-decoder (attention only), behind the same contract as the RNNs.
+
+Pre-norm (default) or post-norm layers, sinusoidal or learned positions, embeddings
+scaled by sqrt(d_model), and ``scaled_dot_product_attention``. Incremental decoding
+keeps a key/value cache per decoder layer for self-attention and projects the encoder
+memory into cross-attention keys/values once per sentence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seq2seq.models.contract import Encoded, Seq2SeqModel
+
+
+class Embeddings(nn.Module):
+    """Token embedding * sqrt(d) + position encoding, then dropout."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        dim: int,
+        pad_id: int,
+        dropout: float,
+        learned_positions: bool = False,
+        max_len: int = 1024,
+    ):
+        super().__init__()
+        self.dim, self.max_len = dim, max_len
+        self.tokens = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
+        nn.init.normal_(self.tokens.weight, 0.0, dim**-0.5)
+        with torch.no_grad():
+            self.tokens.weight[pad_id].zero_()
+        self.learned = nn.Embedding(max_len, dim) if learned_positions else None
+        if self.learned is None:
+            self.register_buffer("sinusoid", _sinusoids(max_len, dim), persistent=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """``ids [batch, len]`` at positions ``start..start+len`` -> ``[batch, len, dim]``."""
+        length = ids.size(1)
+        if start + length > self.max_len:
+            raise ValueError(
+                f"sequence of {start + length} tokens exceeds the model's {self.max_len} positions"
+            )
+        if self.learned is not None:
+            pos = self.learned.weight[start : start + length]
+        else:
+            pos = self.sinusoid[start : start + length]
+        return self.dropout(self.tokens(ids) * math.sqrt(self.dim) + pos)
+
+
+def _sinusoids(max_len: int, dim: int) -> torch.Tensor:
+    pos = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(max_len, dim)
+    table[:, 0::2] = torch.sin(pos * div)
+    table[:, 1::2] = torch.cos(pos * div)
+    return table
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention over ``scaled_dot_product_attention``."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"the model size {dim} is not divisible by {heads} heads")
+        self.heads, self.dropout = heads, dropout
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        # [batch, len, dim] -> [batch, heads, len, dim / heads]
+        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.kv(x).chunk(2, dim=-1)
+        return self.split(k), self.split(v)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        causal: bool = False,
+    ) -> torch.Tensor:
+        """Queries from ``x [batch, q_len, dim]`` over ``k, v [batch, heads, k_len, dh]``.
+
+        ``mask`` is True where a key may be attended, broadcastable to
+        ``[batch, heads, q_len, k_len]``.
+        """
+        q = self.split(self.q(x))
+        p = self.dropout if self.training else 0.0
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        return self.out(ctx.transpose(1, 2).flatten(2))  # [batch, q_len, dim]
+
+    def with_weights(
+        self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like :meth:`forward` (inference), also returning head-averaged weights.
+
+        Returns:
+            ``(output [batch, q_len, dim], weights [batch, q_len, k_len])``.
+        """
+        q = self.split(self.q(x))
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.size(-1))
+        weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)  # [b, heads, q, k]
+        ctx = weights.to(v.dtype) @ v
+        return self.out(ctx.transpose(1, 2).flatten(2)), weights.mean(1)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, ff_dim: int, dropout: float):
+        super().__init__()
+        self.inner, self.outer, self.dropout = (
+            nn.Linear(dim, ff_dim),
+            nn.Linear(ff_dim, dim),
+            dropout,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.outer(F.dropout(F.relu(self.inner(x)), self.dropout, self.training))
+
+
+class Sublayer(nn.Module):
+    """Residual connection around a sublayer, with pre- or post-layer-norm."""
+
+    def __init__(self, dim: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.norm, self.dropout, self.pre_norm = nn.LayerNorm(dim), nn.Dropout(dropout), pre_norm
+
+    def forward(self, x: torch.Tensor, fn) -> torch.Tensor:
+        if self.pre_norm:
+            return x + self.dropout(fn(self.norm(x)))
+        return self.norm(x + self.dropout(fn(x)))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.attn, self.ff = (
+            MultiHeadAttention(dim, heads, dropout),
+            FeedForward(dim, ff_dim, dropout),
+        )
+        self.sub = nn.ModuleList(Sublayer(dim, dropout, pre_norm) for _ in range(2))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.sub[0](x, lambda h: self.attn(h, *self.attn.keys_values(h), mask=mask))
+        return self.sub[1](x, self.ff)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(dim, heads, dropout)
+        self.cross_attn = MultiHeadAttention(dim, heads, dropout)
+        self.ff = FeedForward(dim, ff_dim, dropout)
+        self.sub = nn.ModuleList(Sublayer(dim, dropout, pre_norm) for _ in range(3))
+
+    def forward(self, x, memory_kv, mask, cache: list | None = None, weights: list | None = None):
+        """Full sequence (``cache`` None, causal) or one new position appended to ``cache``.
+
+        With a ``weights`` list, the cross-attention weights are appended to it.
+        """
+
+        def self_attend(h):
+            k, v = self.self_attn.keys_values(h)
+            if cache is None:
+                return self.self_attn(h, k, v, causal=True)
+            if cache:
+                k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+            cache[:] = [k, v]  # [batch, heads, t, dh]
+            return self.self_attn(h, k, v)
+
+        def cross_attend(h):
+            if weights is None:
+                return self.cross_attn(h, *memory_kv, mask=mask)
+            out, w = self.cross_attn.with_weights(h, *memory_kv, mask)
+            weights.append(w)
+            return out
+
+        x = self.sub[0](x, self_attend)
+        x = self.sub[1](x, cross_attend)
+        return self.sub[2](x, self.ff)
+
+
+@dataclass
+class TransformerState:
+    """Incremental decoding state; tensors have the batch first."""
+
+    memory_kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: [batch, heads, src, dh] x2
+    cache: list[list[torch.Tensor]]  # per layer: [k, v] of the positions so far
+    mask: torch.Tensor  # [batch, 1, 1, src_len], True at real source positions
+    memory: torch.Tensor  # [batch, src_len, dim]
+    position: int = 0
+
+
+class TransformerSeq2Seq(Seq2SeqModel):
+    """Transformer encoder-decoder implementing the model contract.
+
+    Args:
+        src_embed, tgt_embed: :class:`Embeddings` (may share their token table).
+        encoder, decoder: lists of layers.
+        out: projection to the target vocabulary (may share the target embedding).
+        pre_norm: adds the final layer norms a pre-norm stack needs.
+    """
+
+    def __init__(
+        self,
+        src_embed: Embeddings,
+        tgt_embed: Embeddings,
+        encoder: list[EncoderLayer],
+        decoder: list[DecoderLayer],
+        out: nn.Linear,
+        pre_norm: bool,
+        src_vocab_size: int,
+        tgt_vocab_size: int,
+        pad_id: int = 0,
+    ):
+        super().__init__(src_vocab_size, tgt_vocab_size, pad_id)
+        dim = src_embed.dim
+        self.src_embed, self.tgt_embed, self.out = src_embed, tgt_embed, out
+        self.encoder, self.decoder = nn.ModuleList(encoder), nn.ModuleList(decoder)
+        self.enc_norm = nn.LayerNorm(dim) if pre_norm else nn.Identity()
+        self.dec_norm = nn.LayerNorm(dim) if pre_norm else nn.Identity()
+
+    def encode(self, src: torch.Tensor) -> Encoded:
+        mask = src.ne(self.pad_id)  # [batch, src_len]
+        attn_mask = mask[:, None, None, :]  # [batch, 1, 1, src_len]
+        x = self.src_embed(src)
+        for layer in self.encoder:
+            x = layer(x, attn_mask)
+        return Encoded(states=self.enc_norm(x), mask=mask)
+
+    def init_state(self, encoded: Encoded) -> TransformerState:
+        memory_kv = [layer.cross_attn.keys_values(encoded.states) for layer in self.decoder]
+        return TransformerState(
+            memory_kv, [[] for _ in self.decoder], encoded.mask[:, None, None, :], encoded.states
+        )
+
+    def step(self, prev_tokens: torch.Tensor, state: TransformerState):
+        x = self.tgt_embed(prev_tokens.unsqueeze(1), start=state.position)  # [batch, 1, dim]
+        weights: list[torch.Tensor] = []
+        last = len(self.decoder) - 1
+        for i, (layer, kv, cache) in enumerate(
+            zip(self.decoder, state.memory_kv, state.cache, strict=True)
+        ):
+            # The last layer's cross-attention is returned for inspection (attention plots).
+            x = layer(x, kv, state.mask, cache, weights if i == last else None)
+        log_probs = torch.log_softmax(self.out(self.dec_norm(x)).squeeze(1).float(), dim=-1)
+        state.position += 1
+        return log_probs, state, weights[0].squeeze(1)  # [batch, src_len]
+
+    def reorder(self, state: TransformerState, index: torch.Tensor) -> TransformerState:
+        def pick(t):
+            return t.index_select(0, index)
+
+        return TransformerState(
+            memory_kv=[(pick(k), pick(v)) for k, v in state.memory_kv],
+            cache=[[pick(t) for t in c] for c in state.cache],
+            mask=pick(state.mask),
+            memory=pick(state.memory),
+            position=state.position,
+        )
+
+    def features(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        return self.decode_states(self.encode(src), tgt_in)
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        return self.out(features)
+
+    def decode_states(self, encoded: Encoded, tgt_in: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced final decoder states ``[batch, tgt_len, dim]``."""
+        mask = encoded.mask[:, None, None, :]
+        x = self.tgt_embed(tgt_in)
+        for layer in self.decoder:
+            x = layer(x, layer.cross_attn.keys_values(encoded.states), mask)
+        return self.dec_norm(x)
