@@ -124,8 +124,9 @@ class Seq2Seq:
             src_codec, tgt_codec = load_codecs(cfg.data, run_dir)
         else:
             src_codec, tgt_codec = fit_codecs(cfg.data, train_text, run_dir)
-        train_ex = encode(train_text, src_codec, tgt_codec, cfg.data.max_len)
-        valid_ex = encode(valid_text, src_codec, tgt_codec, None) if valid_text else None
+        cache = run_dir / "cache"
+        train_ex = encode(train_text, src_codec, tgt_codec, cfg.data.max_len, cache)
+        valid_ex = encode(valid_text, src_codec, tgt_codec, None, cache) if valid_text else None
         device = pick_device(cfg.train.device)
         model = build_model(cfg.model, len(src_codec.vocab), len(tgt_codec.vocab)).to(device)
         log.info("model: %.2fM parameters; %d training pairs", _millions(model), len(train_ex))

@@ -119,6 +119,21 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(json.dumps(scores, indent=2) if args.json else metrics_lib.format_table(scores))
 
 
+def cmd_average(args: argparse.Namespace) -> None:
+    from seq2seq.training.checkpoint import average_checkpoints
+    from seq2seq.training.loop import step_checkpoints
+
+    found = step_checkpoints(Path(args.run_dir))
+    if len(found) < args.last:
+        raise DataError(
+            f"{args.run_dir}: asked to average the last {args.last} checkpoints "
+            f"but it holds {len(found)} (train.keep_checkpoints keeps them)"
+        )
+    out = Path(args.out or Path(args.run_dir) / "averaged.safetensors")
+    average_checkpoints(found[-args.last :], out)
+    print(f"averaged {', '.join(p.name for p in found[-args.last :])} -> {out}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from seq2seq.demo import run_demo
 
@@ -130,7 +145,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint",
         default="best",
-        help="best (default), last, or a path to a .safetensors checkpoint",
+        help="best (default), last, averaged, or a path to a .safetensors checkpoint",
     )
     p.add_argument(
         "--device",
@@ -175,6 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--hyp-out", help="also write the system outputs to this file")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("average", help="average the weights of the last N checkpoints")
+    p.add_argument("run_dir", help="a run directory written by 'seq2seq train'")
+    p.add_argument("--last", type=int, default=5, help="how many checkpoints (default: 5)")
+    p.add_argument(
+        "--out",
+        help="output file (default: RUN_DIR/averaged.safetensors, used "
+        "by translate/evaluate --checkpoint averaged)",
+    )
+    p.set_defaults(func=cmd_average)
 
     p = sub.add_parser("demo", help="train the built-in date task and show what it learned")
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")

@@ -24,7 +24,7 @@ from seq2seq.models.contract import Seq2SeqModel
 from seq2seq.search import greedy
 from seq2seq.training.checkpoint import load_checkpoint, restore_model
 
-CHECKPOINTS = ("best", "last")
+CHECKPOINTS = ("best", "last", "averaged")
 
 
 @dataclass

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from seq2seq.config import DataConfig
 from seq2seq.data.batching import Examples, filter_long
+from seq2seq.data.cache import encode_cached
 from seq2seq.data.corpus import ParallelText, read_parallel
 from seq2seq.data.tasks import make_task
 from seq2seq.data.tokenizers import TextCodec, Tokenizer, load_tokenizer, train_tokenizer
@@ -114,9 +115,20 @@ def copy_codecs(cfg: DataConfig, src_dir: Path, dst_dir: Path) -> None:
                 shutil.copyfile(path, dst_dir / path.name)
 
 
-def encode(text: ParallelText, src: TextCodec, tgt: TextCodec, max_len: int | None) -> Examples:
-    """Encode sentence pairs; with ``max_len`` drop (and count) longer pairs."""
-    examples = Examples([src.encode(s) for s in text.src], [tgt.encode(t) for t in text.tgt])
+def encode(
+    text: ParallelText,
+    src: TextCodec,
+    tgt: TextCodec,
+    max_len: int | None,
+    cache_dir: Path | None = None,
+) -> Examples:
+    """Encode sentence pairs (through the cache in ``cache_dir`` when given); with
+    ``max_len`` drop (and count) longer pairs.
+
+    Raises:
+        DataError: no pairs are left.
+    """
+    examples = encode_cached(text, src, tgt, cache_dir)
     if max_len:
         examples = filter_long(examples, max_len, text.name)
     if not len(examples):

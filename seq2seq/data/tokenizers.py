@@ -42,6 +42,10 @@ class Tokenizer(abc.ABC):
     def detokenize(self, pieces: list[str]) -> str:
         """Returns the text that ``pieces`` stand for."""
 
+    def fingerprint(self) -> bytes:
+        """Bytes that change whenever tokenization could (for caching encoded data)."""
+        return self.kind.encode()
+
     def vocab_pieces(self) -> list[str] | None:
         """Returns the tokenizer's own fixed inventory of pieces, or ``None`` if it has none."""
         return None
@@ -96,6 +100,9 @@ class SentencePieceTokenizer(Tokenizer):
         self._sp = spm.SentencePieceProcessor()
         # Loading explicitly, because the constructor silently skips an empty proto.
         self._sp.load_from_serialized_proto(model_proto)
+
+    def fingerprint(self) -> bytes:
+        return self._sp.serialized_model_proto()
 
     def tokenize(self, text: str) -> list[str]:
         return self._sp.encode(text, out_type=str)

@@ -62,7 +62,7 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
 
 def save_checkpoint(
     path: Path,
-    model: torch.nn.Module,
+    model: torch.nn.Module | dict[str, torch.Tensor],
     config_text: str,
     *,
     optimizer: torch.optim.Optimizer | None = None,
@@ -72,12 +72,13 @@ def save_checkpoint(
 
     Args:
         path: the ``.safetensors`` file to (re)write.
-        model: its ``state_dict`` is saved under ``model.*``.
+        model: a module (its ``state_dict``) or a state dict; saved under ``model.*``.
         config_text: the resolved config as YAML.
         optimizer: saved too when given (for resuming).
         trainer: JSON-serialisable trainer state (step, data position, RNG, ...).
     """
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    weights = model if isinstance(model, dict) else model.state_dict()
+    tensors = {f"model.{k}": v for k, v in weights.items()}
     meta = {"format": FORMAT, "config": config_text}
     if optimizer is not None:
         opt_tensors, opt_meta = _optimizer_tensors(optimizer)
@@ -175,3 +176,31 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> Non
         idx, slot = name.split(".", 1)
         state.setdefault(int(idx), {})[slot] = value
     optimizer.load_state_dict({"state": state, "param_groups": opt_meta["param_groups"]})
+
+
+def average_checkpoints(paths: list[Path], out: Path) -> None:
+    """Write the element-wise mean of several checkpoints' weights to ``out``.
+
+    Floating-point tensors are averaged (in fp64, then cast back); integer buffers are
+    taken from the last checkpoint. The config of the last checkpoint is kept.
+
+    Raises:
+        CheckpointError: no paths, or checkpoints whose tensors differ in names or shapes.
+    """
+    if not paths:
+        raise CheckpointError("no checkpoints to average")
+    ckpts = [load_checkpoint(p) for p in paths]
+    weights = [c.prefixed("model.") for c in ckpts]
+    for c, w in zip(ckpts[1:], weights[1:], strict=True):
+        if w.keys() != weights[0].keys() or any(
+            w[k].shape != v.shape for k, v in weights[0].items()
+        ):
+            raise CheckpointError(f"{c.path}: its weights do not match {ckpts[0].path}'s")
+    mean = {}
+    for name, last in weights[-1].items():
+        if last.is_floating_point():
+            total = sum(w[name].double() for w in weights)
+            mean[name] = (total / len(weights)).to(last.dtype)
+        else:
+            mean[name] = last
+    save_checkpoint(out, mean, ckpts[-1].config_text)

@@ -29,8 +29,9 @@ from seq2seq.training.checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
-from seq2seq.training.loss import sequence_loss
+from seq2seq.training.loss import batch_loss
 from seq2seq.training.optim import Schedule, build_optimizer
+from seq2seq.training.precision import autocast, grad_scaler
 
 log = logging.getLogger("seq2seq")
 # Per-step lines go to the run's train.log only, never to the console.
@@ -53,6 +54,22 @@ class Progress:
     bad_validations: int = 0
     stopped: str = ""
     history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class StepResult:
+    """What one update did: summed loss, real target/source tokens, padded positions, lr."""
+
+    loss: float
+    tgt_tokens: int
+    src_tokens: int
+    padded_positions: int  # source + target positions including padding
+    lr: float
+
+
+def step_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's per-validation checkpoints, oldest first."""
+    return sorted(Path(run_dir).glob("step-*.safetensors"))
 
 
 def peak_rss_mb() -> float:
@@ -105,8 +122,8 @@ class Trainer:
         self.schedule = Schedule(self.tc)
         self.progress = Progress()
         self._writer = None
-        self._order: list[list[int]] = []
-        self._order_epoch = -1
+        self._orders: dict[int, list[list[int]]] = {}
+        self.scaler = grad_scaler(device, self.tc.precision)
 
     # ------------------------------------------------------------------ data order
 
@@ -117,34 +134,69 @@ class Trainer:
             self.train_data, self.tc.batch_tokens, rng=rng, pool_batches=self.tc.pool_batches
         )
 
-    def _next_batch(self) -> Batch:
-        """The batch at the saved data position; :meth:`_advance` moves past it."""
-        p = self.progress
-        if self._order_epoch != p.epoch:
-            self._order, self._order_epoch = self._epoch_batches(p.epoch), p.epoch
-        return collate(self.train_data, self._order[p.batch_in_epoch])
+    def _order(self, epoch: int) -> list[list[int]]:
+        if epoch not in self._orders:
+            self._orders = {epoch: self._epoch_batches(epoch)}  # keep one epoch's order
+        return self._orders[epoch]
 
-    def _advance(self) -> None:
-        """Count the batch just trained on: only completed steps move the data position."""
-        p = self.progress
-        p.batch_in_epoch += 1
-        if p.batch_in_epoch >= len(self._order):
-            p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+    def _positions(self, n: int) -> list[tuple[int, int]]:
+        """The next ``n`` (epoch, batch) positions from the saved data position on."""
+        epoch, pos, out = self.progress.epoch, self.progress.batch_in_epoch, []
+        for _ in range(n):
+            out.append((epoch, pos))
+            pos += 1
+            if pos >= len(self._order(epoch)):
+                epoch, pos = epoch + 1, 0
+        return out + [(epoch, pos)]
+
+    def _next_batches(self) -> tuple[list[Batch], tuple[int, int]]:
+        """One update's batches (``train.accumulate`` of them) and the position after them.
+
+        The position is committed only once the update is done, so an interrupted
+        step is repeated on resume, not skipped.
+        """
+        *now, after = self._positions(self.tc.accumulate)
+        return [collate(self.train_data, self._order(e)[b]) for e, b in now], after
 
     # ------------------------------------------------------------------ one step
 
-    def _train_step(self, batch: Batch) -> tuple[float, int]:
-        """Forward, loss, backward, clip, update; returns (summed loss, target tokens)."""
-        batch = batch.to(self.device)
-        n_tokens = batch.n_tgt_tokens
-        logits = self.model(batch.src, batch.tgt_in)  # [batch, tgt_len, vocab]
-        loss = sequence_loss(logits, batch.tgt_out, PAD, self.tc.label_smoothing)
+    def _train_step(self, batches: list[Batch]) -> tuple[float, int]:
+        """Forward, loss, backward (per batch), clip, update; returns (loss sum, target tokens).
+
+        Gradients of all batches accumulate; the loss is normalised by their total
+        number of target tokens, so accumulating N batches equals one N times larger.
+        """
+        n_tokens = sum(b.n_tgt_tokens for b in batches)
         self.optimizer.zero_grad(set_to_none=True)
-        (loss / n_tokens).backward()
+        total = 0.0
+        for batch in batches:
+            batch = batch.to(self.device)
+            with autocast(self.device, self.tc.precision):
+                loss = batch_loss(
+                    self.model, batch.src, batch.tgt_in, batch.tgt_out, PAD, self.tc.label_smoothing
+                )
+            self.scaler.scale(loss / n_tokens).backward()
+            total += loss.item()
+        self.scaler.unscale_(self.optimizer)
         if self.tc.clip_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.clip_grad_norm)
-        self.optimizer.step()
-        return loss.item(), n_tokens
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return total, n_tokens
+
+    def step(self) -> StepResult:
+        """One update: learning rate, the next batch(es), forward/backward, optimizer step."""
+        p = self.progress
+        started = time.perf_counter()
+        lr = self.schedule.apply(self.optimizer, p.step + 1)
+        batches, after = self._next_batches()
+        loss, n_tokens = self._train_step(batches)
+        p.step, (p.epoch, p.batch_in_epoch) = p.step + 1, after
+        p.elapsed += time.perf_counter() - started
+        p.tgt_tokens += n_tokens
+        src_tokens = sum(int(b.src.ne(PAD).sum()) for b in batches)
+        padded = sum(b.src.numel() + b.tgt_out.numel() for b in batches)
+        return StepResult(loss, n_tokens, src_tokens, padded, lr)
 
     # ------------------------------------------------------------------ validation
 
@@ -155,8 +207,8 @@ class Trainer:
         total, tokens = 0.0, 0
         for index in token_batches(self.valid_data, self.cfg.decode.batch_tokens):
             batch = collate(self.valid_data, index).to(self.device)
-            logits = self.model(batch.src, batch.tgt_in)
-            total += sequence_loss(logits, batch.tgt_out, PAD).item()
+            with autocast(self.device, self.tc.precision):
+                total += batch_loss(self.model, batch.src, batch.tgt_in, batch.tgt_out, PAD).item()
             tokens += batch.n_tgt_tokens
         self.model.train()
         return total / max(tokens, 1)
@@ -175,6 +227,7 @@ class Trainer:
             self.model.train()
         p.history.append(record)
         self._note_best(record)
+        self._save_step_checkpoint()
         log.info("validation %s", " ".join(f"{k}={v:.4g}" for k, v in record.items()))
         for key, value in record.items():
             if key.startswith("valid_"):
@@ -200,6 +253,16 @@ class Trainer:
             p.bad_validations += 1
 
     # ------------------------------------------------------------------ checkpoints
+
+    def _save_step_checkpoint(self) -> None:
+        """Keep the weights of the last ``train.keep_checkpoints`` validations (for averaging)."""
+        keep = self.tc.keep_checkpoints
+        if not keep:
+            return
+        path = self.run_dir / f"step-{self.progress.step:08d}.safetensors"
+        save_checkpoint(path, self.model, dump_config(self.cfg))
+        for old in step_checkpoints(self.run_dir)[:-keep]:
+            old.unlink()
 
     def save_last(self) -> None:
         trainer = {
@@ -252,21 +315,15 @@ class Trainer:
         window_tokens, window_start = 0, time.perf_counter()
         try:
             while not (reason := self._should_stop()):
-                started = time.perf_counter()
                 p = self.progress
-                # 1. learning rate for this step, then one update on the next batch
-                lr = self.schedule.apply(self.optimizer, p.step + 1)
-                loss, n_tokens = self._train_step(self._next_batch())
-                self._advance()
-                p.step += 1
-                p.elapsed += time.perf_counter() - started
-                p.tgt_tokens += n_tokens
-                window_tokens += n_tokens
+                # 1. one update on the next batch(es)
+                result = self.step()
+                window_tokens += result.tgt_tokens
                 # 2. progress bar, log and TensorBoard
                 bar.update(1)
                 if p.step % self.tc.log_every == 0 or p.step == 1:
                     rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-                    self._report(loss / n_tokens, lr, rate, bar)
+                    self._report(result.loss / result.tgt_tokens, result.lr, rate, bar)
                     window_tokens, window_start = 0, time.perf_counter()
                 # 3. validation, best checkpoint, last checkpoint
                 if p.step % self.tc.valid_every == 0:

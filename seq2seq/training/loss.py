@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from seq2seq.models.contract import Seq2SeqModel
+
 
 def sequence_loss(
     logits: torch.Tensor, target: torch.Tensor, pad_id: int, label_smoothing: float = 0.0
@@ -27,3 +29,22 @@ def sequence_loss(
         label_smoothing=label_smoothing,
         reduction="sum",
     )
+
+
+def batch_loss(
+    model: Seq2SeqModel,
+    src: torch.Tensor,
+    tgt_in: torch.Tensor,
+    tgt_out: torch.Tensor,
+    pad_id: int,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Summed teacher-forced loss of a batch; padding positions skip the output layer.
+
+    The output projection is the largest matrix product of a step; computing it only
+    for real target tokens saves the padding share of it, with the same result.
+    """
+    features = model.features(src, tgt_in)  # [batch, tgt_len, dim]
+    keep = tgt_out.ne(pad_id)
+    logits = model.project(features[keep])  # [real tokens, vocab]
+    return sequence_loss(logits, tgt_out[keep], pad_id, label_smoothing)

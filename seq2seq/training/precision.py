@@ -1,0 +1,33 @@
+"""Mixed precision: bf16 autocast (CPU or CUDA) or fp16 with loss scaling (CUDA).
+
+Master weights and optimizer state stay fp32; only the forward/backward matrix
+products run in the lower precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from seq2seq.errors import ConfigError
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context for ``precision`` (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[precision])
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """A loss scaler: active for fp16 only (bf16 has fp32's range and needs none).
+
+    Raises:
+        ConfigError: fp16 asked for off CUDA, where it is neither supported nor faster.
+    """
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision: fp16 needs a CUDA device; use bf16 on the CPU")
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
