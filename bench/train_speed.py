@@ -60,7 +60,7 @@ def measure(config: str, overrides: list[str], steps: int, warmup: int) -> dict:
         "steps": steps,
         "seconds": seconds,
         "threads": torch.get_num_threads(),
-        "precision": cfg.train.precision,
+        "precision": trainer.precision,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
     }
 

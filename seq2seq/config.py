@@ -85,7 +85,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = _opt(0.0, lo=0.0)
     accumulate: int = _opt(1, lo=1)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     clip_grad_norm: float = _opt(1.0, lo=0.0)
     label_smoothing: float = _opt(0.1, lo=0.0, hi=0.99)
     schedule: Literal["constant", "noam", "plateau"] = "constant"
@@ -270,15 +270,24 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         section = raw[parts[0]]
         if not isinstance(section, dict):
             raise ConfigError(f"override '{item}': '{parts[0]}' is not a section")
-        section[parts[1]] = value
+        section[parts[1]] = _cwd_path(parts[0], parts[1], value)
     return raw
+
+
+def _cwd_path(section: str, key: str, value: Any) -> Any:
+    """A relative path typed on the command line means one relative to where it was typed."""
+    cls = typing.get_type_hints(Config).get(section)
+    fields = {f.name: f for f in dataclasses.fields(cls)} if cls else {}
+    if key in fields and fields[key].metadata.get("path") and isinstance(value, str):
+        return str(Path(value).expanduser().resolve())
+    return value
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """Read a YAML config file (or start from defaults when ``path`` is None).
 
-    Relative paths in the file, and in overrides, resolve against the file's directory
-    (the current directory for overrides without a file).
+    Relative paths in the file resolve against the file's directory; relative paths in
+    overrides (typed on a command line) against the current directory.
 
     Raises:
         ConfigError: a missing file, invalid YAML, or any invalid key or value.

@@ -241,16 +241,16 @@ def test_relative_paths_resolve_against_config_dir(
     assert load_config(path) == cfg  # the same file by its absolute name
 
 
-def test_relative_path_override_resolves_like_the_file(
+def test_relative_path_override_resolves_against_the_current_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # load_config documents that overrides resolve against the file's directory too.
+    # A path typed on the command line is relative to where it was typed.
     path = _yaml(tmp_path, "data:\n  tokenizer: char\n")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     cfg = load_config(path, ["data.train=corpus/train"])
-    assert cfg.data.train == str((tmp_path / "corpus" / "train").resolve())
+    assert cfg.data.train == str((elsewhere / "corpus" / "train").resolve())
     assert load_config(None, ["data.train=corpus/train"]).data.train == str(
         (elsewhere / "corpus" / "train").resolve()
     )

@@ -175,3 +175,18 @@ def test_apply_sets_every_param_group():
     assert Schedule(cfg).apply(optimizer, 2) == pytest.approx(5e-4)
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([5e-4, 5e-4])
     assert type(build_optimizer(TrainConfig(), params)) is torch.optim.Adam
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+def test_fused_smoothed_cross_entropy_matches_pytorch(eps):
+    from seq2seq.training.loss import smoothed_cross_entropy
+
+    torch.manual_seed(0)
+    logits = torch.randn(7, 11, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 11, (7,))
+    ours = smoothed_cross_entropy(logits, target, eps)
+    (grad,) = torch.autograd.grad(ours, logits)
+    ref = torch.nn.functional.cross_entropy(logits, target, label_smoothing=eps, reduction="sum")
+    (ref_grad,) = torch.autograd.grad(ref, logits)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert torch.allclose(grad.double(), ref_grad, atol=1e-6)

@@ -19,8 +19,9 @@ VARIANTS = {
     "lstm-bahdanau-uni": dict(cell="lstm", attention="bahdanau", bidirectional=False),
     "gru-tied": dict(attention="bahdanau", emb_dim=16, tie_embeddings=True),
     "transformer-pre": dict(arch="transformer", ff_dim=32, enc_layers=2, dec_layers=2),
-    "transformer-post-learned": dict(arch="transformer", ff_dim=32, norm="post",
-                                     positions="learned", tie_embeddings=True),
+    "transformer-post-learned": dict(
+        arch="transformer", ff_dim=32, norm="post", positions="learned", tie_embeddings=True
+    ),
 }
 
 
@@ -111,8 +112,11 @@ def test_tied_embeddings_share_storage():
 def test_transformer_shares_all_three_embeddings():
     cfg = ModelConfig(arch="transformer", hidden_dim=16, ff_dim=32, share_embeddings=True)
     m = build_model(cfg, TGT_V, TGT_V, pad_id=PAD)
-    ptrs = {m.out.weight.data_ptr(), m.tgt_embed.tokens.weight.data_ptr(),
-            m.src_embed.tokens.weight.data_ptr()}
+    ptrs = {
+        m.out.weight.data_ptr(),
+        m.tgt_embed.tokens.weight.data_ptr(),
+        m.src_embed.tokens.weight.data_ptr(),
+    }
     assert len(ptrs) == 1
 
 

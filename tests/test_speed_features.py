@@ -158,3 +158,18 @@ def test_share_embeddings_needs_joint_vocab():
     with pytest.raises(ConfigError, match="data.joint_vocab"):
         Config(model=ModelConfig(arch="transformer", share_embeddings=True))
     assert TrainConfig().precision == "fp32"
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_fast_dropout_keeps_the_distribution(p):
+    from seq2seq.models.dropout import dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(400_000)
+    y = dropout(x, p, training=True)
+    kept = y.ne(0).float().mean().item()
+    assert kept == pytest.approx(1 - p, abs=0.003)
+    assert y.mean().item() == pytest.approx(1.0, abs=0.01)  # inverted scaling
+    assert torch.equal(dropout(x, p, training=False), x)
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, p, training=True), y)  # reproducible from the seed

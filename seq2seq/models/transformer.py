@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seq2seq.models.contract import Encoded, Seq2SeqModel
+from seq2seq.models.dropout import Dropout, dropout
 
 
 class Embeddings(nn.Module):
@@ -39,7 +40,7 @@ class Embeddings(nn.Module):
         self.learned = nn.Embedding(max_len, dim) if learned_positions else None
         if self.learned is None:
             self.register_buffer("sinusoid", _sinusoids(max_len, dim), persistent=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
         """``ids [batch, len]`` at positions ``start..start+len`` -> ``[batch, len, dim]``."""
@@ -98,9 +99,22 @@ class MultiHeadAttention(nn.Module):
         ``[batch, heads, q_len, k_len]``.
         """
         q = self.split(self.q(x))
-        p = self.dropout if self.training else 0.0
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        if self.training and self.dropout > 0:
+            ctx = self._attend_with_dropout(q, k, v, mask, causal)
+        else:
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         return self.out(ctx.transpose(1, 2).flatten(2))  # [batch, q_len, dim]
+
+    def _attend_with_dropout(self, q, k, v, mask, causal) -> torch.Tensor:
+        # What SDPA's math path does with dropout_p > 0, with the cheaper dropout.
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.size(-1))  # [b, heads, q, k]
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        if causal:
+            future = torch.ones(q.size(2), k.size(2), dtype=torch.bool, device=q.device).triu(1)
+            scores = scores.masked_fill(future, float("-inf"))
+        weights = dropout(scores.softmax(-1), self.dropout, True)
+        return weights @ v
 
     def with_weights(
         self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
@@ -127,7 +141,7 @@ class FeedForward(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.outer(F.dropout(F.relu(self.inner(x)), self.dropout, self.training))
+        return self.outer(dropout(F.relu(self.inner(x)), self.dropout, self.training))
 
 
 class Sublayer(nn.Module):
@@ -135,7 +149,7 @@ class Sublayer(nn.Module):
 
     def __init__(self, dim: int, dropout: float, pre_norm: bool):
         super().__init__()
-        self.norm, self.dropout, self.pre_norm = nn.LayerNorm(dim), nn.Dropout(dropout), pre_norm
+        self.norm, self.dropout, self.pre_norm = nn.LayerNorm(dim), Dropout(dropout), pre_norm
 
     def forward(self, x: torch.Tensor, fn) -> torch.Tensor:
         if self.pre_norm:

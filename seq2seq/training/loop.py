@@ -31,7 +31,7 @@ from seq2seq.training.checkpoint import (
 )
 from seq2seq.training.loss import batch_loss
 from seq2seq.training.optim import Schedule, build_optimizer
-from seq2seq.training.precision import autocast, grad_scaler
+from seq2seq.training.precision import autocast, grad_scaler, resolve
 
 log = logging.getLogger("seq2seq")
 # Per-step lines go to the run's train.log only, never to the console.
@@ -123,7 +123,9 @@ class Trainer:
         self.progress = Progress()
         self._writer = None
         self._orders: dict[int, list[list[int]]] = {}
-        self.scaler = grad_scaler(device, self.tc.precision)
+        self.precision = resolve(device, self.tc.precision)
+        self.scaler = grad_scaler(device, self.precision)
+        log.info("training precision: %s (train.precision=%s)", self.precision, self.tc.precision)
 
     # ------------------------------------------------------------------ data order
 
@@ -171,7 +173,7 @@ class Trainer:
         total = 0.0
         for batch in batches:
             batch = batch.to(self.device)
-            with autocast(self.device, self.tc.precision):
+            with autocast(self.device, self.precision):
                 loss = batch_loss(
                     self.model, batch.src, batch.tgt_in, batch.tgt_out, PAD, self.tc.label_smoothing
                 )
@@ -207,7 +209,7 @@ class Trainer:
         total, tokens = 0.0, 0
         for index in token_batches(self.valid_data, self.cfg.decode.batch_tokens):
             batch = collate(self.valid_data, index).to(self.device)
-            with autocast(self.device, self.tc.precision):
+            with autocast(self.device, self.precision):
                 total += batch_loss(self.model, batch.src, batch.tgt_in, batch.tgt_out, PAD).item()
             tokens += batch.n_tgt_tokens
         self.model.train()

@@ -15,6 +15,20 @@ from seq2seq.errors import ConfigError
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def resolve(device: torch.device, precision: str) -> str:
+    """``auto`` becomes bf16 where the hardware computes it natively, else fp32.
+
+    On a CPU without AVX-512 BF16 or AMX, bf16 matrix products are emulated and run
+    several times slower than fp32, so ``auto`` keeps fp32 there.
+    """
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return "bf16" if native else "fp32"
+
+
 def autocast(device: torch.device, precision: str):
     """The autocast context for ``precision`` (a no-op for fp32)."""
     if precision == "fp32":

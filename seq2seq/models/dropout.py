@@ -1,0 +1,50 @@
+"""Inverted dropout with a cheaper source of random bits on the CPU.
+
+``torch.nn.functional.dropout`` on the CPU draws one random number per element
+(``bernoulli_``) and was a fifth of a Transformer training step here. Drawing 64 random
+bits per four elements (one 16-bit lane each) is ~5x cheaper and gives the same
+distribution up to ``p`` rounded to a multiple of 1/65536. Other devices use PyTorch's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_LANES = 65536  # 16-bit lanes
+
+
+def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
+    """A ``{0, 1/(1-p)}`` mask of ``shape`` keeping each element with probability ``1 - p``."""
+    n = 1
+    for size in shape:
+        n *= size
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+    lanes = words.view(torch.int16)[:n].view(shape)  # uniform over [-32768, 32767]
+    dropped = round(p * _LANES)
+    keep = lanes >= dropped - _LANES // 2
+    return keep.to(dtype) * (_LANES / (_LANES - dropped))
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Functional form of :class:`Dropout`."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0:
+        return F.dropout(x, p, training)
+    return x * keep_mask(x.shape, p, x.dtype)
+
+
+class Dropout(nn.Module):
+    """Drop-in ``nn.Dropout`` that uses :func:`dropout`."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
