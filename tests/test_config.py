@@ -206,7 +206,11 @@ def test_override_with_unparseable_value() -> None:
 
 def test_apply_overrides_parses_values_as_yaml() -> None:
     raw = apply_overrides({}, ["train.betas=[0.5, 0.6]", "train.valid_bleu=no", "data.train=x"])
-    assert raw == {"train": {"betas": [0.5, 0.6], "valid_bleu": False}, "data": {"train": "x"}}
+    expected_path = str(Path("x").resolve())  # a path typed on a command line: cwd-relative
+    assert raw == {
+        "train": {"betas": [0.5, 0.6], "valid_bleu": False},
+        "data": {"train": expected_path},
+    }
 
 
 def test_replace_validates() -> None:
