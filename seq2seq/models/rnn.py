@@ -17,6 +17,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seq2seq.models.attention import Attention, BahdanauAttention, LuongAttention
 from seq2seq.models.contract import Encoded, Seq2SeqModel
+from seq2seq.models.dropout import Dropout
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # GRU h, or LSTM (h, c)
 _CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
@@ -55,7 +56,7 @@ class RNNEncoder(nn.Module):
             raise ValueError(f"a bidirectional encoder needs an even hidden size, got {hidden_dim}")
         self.layers = layers
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=pad_id)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.rnn = _CELLS[cell](
             emb_dim,
             hidden_dim // self.dirs,
@@ -133,7 +134,7 @@ class RNNDecoder(nn.Module):
         self.input_feeding = isinstance(attention, LuongAttention) and input_feeding
         feed_dim = hidden_dim if (self.bahdanau or self.input_feeding) else 0
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=pad_id)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.rnn = _CELLS[cell](
             emb_dim + feed_dim,
             hidden_dim,
