@@ -67,10 +67,16 @@ def _log_to(run_dir: Path):
 
 
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse what would lose or mix up work: a file, an existing run, nothing to resume."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"run directory {run_dir} is an existing file, not a directory")
     if resume and not (run_dir / LAST).is_file():
         raise CheckpointError(f"nothing to resume in {run_dir}: it holds no {LAST}")
+    if not resume and (run_dir / LAST).exists():
+        raise ConfigError(
+            f"{run_dir} already holds a training run: resume it (--resume, "
+            "fit(resume=True)) or choose another run directory"
+        )
 
 
 class Seq2Seq:
@@ -109,7 +115,10 @@ class Seq2Seq:
         run_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="seq2seq-"))
         _check_run_dir(run_dir, resume)
         train_text, valid_text = _as_text(train, cfg, "train"), _as_text(valid, cfg, "valid")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise DataError(f"cannot create run directory {run_dir}: {err.strerror}") from None
         with _log_to(run_dir):
             self._fit(cfg, run_dir, train_text, valid_text, resume)
         return self.progress.history

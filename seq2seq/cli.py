@@ -13,23 +13,15 @@ import sys
 from pathlib import Path
 
 from seq2seq import metrics as metrics_lib
-from seq2seq.errors import DataError, Seq2SeqError
-
-log = logging.getLogger("seq2seq")
+from seq2seq.errors import ConfigError, DataError, Seq2SeqError
 
 
 def cmd_train(args: argparse.Namespace) -> int | None:
     from seq2seq.api import Seq2Seq
     from seq2seq.config import load_config
-    from seq2seq.errors import ConfigError
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
-    if not args.resume and (out / "last.safetensors").exists():
-        raise ConfigError(
-            f"{out} already holds a training run: pass --resume to continue it, "
-            "or choose another --out"
-        )
     model = Seq2Seq(cfg)
     history = model.fit(out=out, resume=args.resume)
     if model.progress.stopped == "interrupted":
@@ -77,6 +69,10 @@ def cmd_translate(args: argparse.Namespace) -> None:
 
     _check_writable(args.output)
     translator = Translator.from_run(args.run_dir, args.checkpoint, args.device)
+    if args.attention and not translator.has_attention:
+        raise ConfigError(
+            f"{args.run_dir}: this model has no attention to plot (model.attention: none)"
+        )
     texts = _read_input(args.input)
     results = translator.translate(
         texts, attention=bool(args.attention), progress=args.input is not None
@@ -104,6 +100,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from seq2seq.data.corpus import read_lines
     from seq2seq.inference import Translator
 
+    names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    unknown = sorted(set(names) - set(metrics_lib.METRICS))
+    if unknown or not names:
+        raise ConfigError(
+            f"--metrics: unknown {', '.join(unknown) or 'empty list'}; "
+            f"choose from {','.join(metrics_lib.METRICS)}"
+        )
     srcs, refs = read_lines(args.src), read_lines(args.ref)
     if len(srcs) != len(refs):
         raise DataError(f"{args.src} has {len(srcs)} lines but {args.ref} has {len(refs)}")
@@ -113,7 +116,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.hyp_out:
         _write_lines(args.hyp_out, hyps)
     try:
-        scores = metrics_lib.compute(hyps, refs, args.metrics.split(","))
+        scores = metrics_lib.compute(hyps, refs, names)
     except ValueError as err:
         raise DataError(str(err)) from None
     print(json.dumps(scores, indent=2) if args.json else metrics_lib.format_table(scores))
@@ -155,6 +158,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seq2seq", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("average", help="average the weights of the last N checkpoints")
     p.add_argument("run_dir", help="a run directory written by 'seq2seq train'")
-    p.add_argument("--last", type=int, default=5, help="how many checkpoints (default: 5)")
+    p.add_argument("--last", type=_positive, default=5, help="how many checkpoints (default: 5)")
     p.add_argument(
         "--out",
         help="output file (default: RUN_DIR/averaged.safetensors, used "
@@ -230,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"seq2seq {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `seq2seq translate RUN | head`: the reader left
+        sys.stderr.close()
+        return 0
     return code or 0
 
 

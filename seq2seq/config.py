@@ -126,11 +126,8 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
     def __post_init__(self) -> None:
-        if self.model.share_embeddings and not self.data.joint_vocab:
-            raise ConfigError(
-                "model.share_embeddings: encoder and decoder can share one embedding table "
-                "only with a joint vocabulary (set data.joint_vocab: true)"
-            )
+        for problem in _conflicts(self):
+            raise ConfigError(problem)
 
     def replace(self, **sections: Any) -> Config:
         """A validated copy with some keys changed: ``cfg.replace(train={"lr": 1e-4})``."""
@@ -141,6 +138,36 @@ class Config:
 
 
 # ---------------------------------------------------------------------------- validation
+
+
+def _conflicts(cfg: Config) -> list[str]:
+    """Settings that are valid one by one but contradict each other (none ignored silently)."""
+    data, model, train = cfg.data, cfg.model, cfg.train
+    checks = [
+        (
+            model.share_embeddings and not data.joint_vocab,
+            "model.share_embeddings: encoder and decoder can share one embedding table only "
+            "with a joint vocabulary (set data.joint_vocab: true)",
+        ),
+        (
+            model.arch == "transformer" and data.max_len + 1 > model.max_positions,
+            f"data.max_len={data.max_len} (+ EOS) exceeds model.max_positions="
+            f"{model.max_positions}: raise model.max_positions or lower data.max_len",
+        ),
+        (
+            train.early_stop_metric == "bleu" and not train.valid_bleu,
+            "train.early_stop_metric: bleu needs train.valid_bleu: true (or use loss)",
+        ),
+        (
+            data.sp_model is not None and data.tokenizer != "sentencepiece",
+            f"data.sp_model is a SentencePiece model but data.tokenizer is {data.tokenizer!r}",
+        ),
+        (
+            train.schedule == "noam" and train.warmup_steps == 0,
+            "train.schedule: noam needs train.warmup_steps > 0 (its decay is relative to it)",
+        ),
+    ]
+    return [message for failed, message in checks if failed]
 
 
 def _closest(key: str, valid: list[str]) -> str:
@@ -300,7 +327,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise ConfigError(f"config file not found: {path}")
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
+        except (yaml.YAMLError, UnicodeDecodeError, OSError) as err:
             raise ConfigError(f"{path}: not a valid YAML file ({err})") from None
         base = path.resolve().parent
     return from_dict(apply_overrides(raw, list(overrides)), base_dir=base)

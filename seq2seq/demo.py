@@ -8,6 +8,7 @@ character by character. The same settings are kept as ``examples/dates.yaml``.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from seq2seq.api import Seq2Seq
@@ -47,6 +48,7 @@ def run_demo(out: Path, max_time: float = 90.0) -> dict:
     raw = json.loads(json.dumps(DEMO_CONFIG))
     raw["train"]["max_time"] = max_time
     model = Seq2Seq(from_dict(raw))
+    shutil.rmtree(out / "run", ignore_errors=True)  # the demo's own directory: start afresh
     model.fit(out=out / "run")
     test = load_split(model.config.data, "test")
     outputs = model.translate(test.src[:300], attention=True)

@@ -7,6 +7,7 @@ with the configured search, detokenized and returned in input order.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from seq2seq.search import greedy
 from seq2seq.training.checkpoint import load_checkpoint, restore_model
 
 CHECKPOINTS = ("best", "last", "averaged")
+log = logging.getLogger("seq2seq")
 
 
 @dataclass
@@ -73,6 +75,10 @@ class Translator:
         )
 
     @property
+    def has_attention(self) -> bool:
+        return self.model.has_attention
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -99,7 +105,7 @@ class Translator:
         """
         was_training = self.model.training
         self.model.eval()
-        examples = Examples([self.src_codec.encode(t) for t in texts], [])
+        examples = Examples([self._encode(t) for t in texts], [])
         results = [Translation("", 0.0, [], []) for _ in texts]
         real = [i for i, t in enumerate(texts) if t.strip()]
         batches = [
@@ -123,6 +129,16 @@ class Translator:
                 results[i] = self._finish(texts[i], examples.src[i], hyp)
         self.model.train(was_training)
         return results
+
+    def _encode(self, text: str) -> list[int]:
+        ids = self.src_codec.encode(text)
+        limit = self.model.max_positions
+        if limit is not None and len(ids) + 1 > limit:  # + EOS
+            log.warning(
+                "a source of %d tokens is cut to the model's %d positions", len(ids) + 1, limit
+            )
+            ids = ids[: limit - 1]
+        return ids
 
     def _finish(self, text: str, src_ids: list[int], hyp) -> Translation:
         vocab_out = self.tgt_codec.vocab

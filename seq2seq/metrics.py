@@ -8,7 +8,6 @@ with sacrebleu's signature string, which is what a reader needs to reproduce a r
 
 from collections.abc import Iterable
 
-from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU, CHRF
 
 METRICS = ("bleu", "chrf", "rouge", "exact")
@@ -97,6 +96,8 @@ def rouge(hyps: list[str], refs: list[str]) -> dict[str, float]:
         ValueError: If the lists are empty or differ in length.
     """
     _check_pairs(hyps, refs)
+    from rouge_score import rouge_scorer  # imported on use: it pulls in nltk and absl
+
     scorer = rouge_scorer.RougeScorer(list(_ROUGE_TYPES), use_stemmer=True)
     totals = dict.fromkeys(_ROUGE_TYPES, 0.0)
     for hyp, ref in zip(hyps, refs, strict=True):

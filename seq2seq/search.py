@@ -20,7 +20,8 @@ class Hypothesis:
     Attributes:
         tokens: output ids, without BOS and EOS.
         score: the sum of the tokens' log-probabilities (EOS included when produced).
-        attention: ``[len(tokens) + 1, src_len]`` weights (EOS step included), or None.
+        attention: ``[steps, src_len]`` weights, one row per decoding step (the EOS step
+            included when EOS was produced), or None.
     """
 
     tokens: list[int]
@@ -59,6 +60,8 @@ def greedy(
     encoded = model.encode(src)
     state = model.init_state(encoded)
     limits = max_lengths(encoded.mask, max_len_a, max_len_b)
+    if model.max_positions is not None:  # BOS takes the first position
+        limits = limits.clamp(max=model.max_positions - 1)
     batch = src.size(0)
     tokens: list[list[int]] = [[] for _ in range(batch)]
     scores = [0.0] * batch

@@ -305,7 +305,13 @@ def _custom() -> Config:
         {
             "data": {"task": "dates", "tokenizer": "char", "train": "/data/train", "max_len": 9},
             "model": {"cell": "lstm", "attention": "luong", "dropout": 0.0},
-            "train": {"lr": 1e-4, "betas": [0.8, 0.9], "max_time": 2.5, "schedule": "noam"},
+            "train": {
+                "lr": 1e-4,
+                "betas": [0.8, 0.9],
+                "max_time": 2.5,
+                "schedule": "noam",
+                "warmup_steps": 10,
+            },
             "decode": {"max_len_a": 0.0},
         }
     )

@@ -34,6 +34,7 @@ def test_recipe_trains_a_few_steps(tmp_path):
         "train.max_steps=3",
         "train.batch_tokens=600",
         "train.valid_bleu=false",
+        "train.early_stop_metric=loss",
         "train.max_time=null",
     ]
     model = Seq2Seq(load_config(RECIPE, overrides))

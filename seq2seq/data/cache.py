@@ -32,7 +32,10 @@ def fingerprint(text: ParallelText, src: TextCodec, tgt: TextCodec) -> str:
         h.update("\x00".join(codec.vocab.pieces).encode())
     for side in (text.src, text.tgt):
         h.update(len(side).to_bytes(8, "little"))
-        h.update("\n".join(side).encode())
+        for sentence in side:  # length-prefixed: sentences may contain any character
+            data = sentence.encode()
+            h.update(len(data).to_bytes(8, "little"))
+            h.update(data)
     return h.hexdigest()[:24]
 
 

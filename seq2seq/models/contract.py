@@ -1,8 +1,8 @@
 """The model contract: the only surface that decoding code may use.
 
-Every model family (the recurrent encoder-decoder here, the Transformer later)
-implements it, so greedy search, beam search and sampling are written once and never
-ask which family they hold:
+Every model family (the recurrent encoder-decoder and the Transformer) implements
+it, so decoding (greedy search now; beam search and sampling to come) is written once
+and never asks which family it holds:
 
 * ``encode(src)`` runs the encoder once and returns an :class:`Encoded`;
 * ``init_state(encoded)`` builds the decoder state for the first step;
@@ -45,7 +45,14 @@ class Seq2SeqModel(nn.Module, abc.ABC):
         src_vocab_size: number of source token ids.
         tgt_vocab_size: number of target token ids.
         pad_id: the padding id shared by both vocabularies.
+
+    Attributes:
+        max_positions: the longest sequence the model can represent (None: unbounded).
+        has_attention: whether ``step`` returns attention weights.
     """
+
+    max_positions: int | None = None
+    has_attention: bool = True
 
     def __init__(self, src_vocab_size: int, tgt_vocab_size: int, pad_id: int = 0):
         super().__init__()

@@ -15,16 +15,14 @@ from torch import nn
 _LANES = 65536  # 16-bit lanes
 
 
-def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
-    """A ``{0, 1/(1-p)}`` mask of ``shape`` keeping each element with probability ``1 - p``."""
+def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
+    """A boolean mask of ``shape``, True with probability ``1 - p`` (``p`` in 1/65536 steps)."""
     n = 1
     for size in shape:
         n *= size
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
     lanes = words.view(torch.int16)[:n].view(shape)  # uniform over [-32768, 32767]
-    dropped = round(p * _LANES)
-    keep = lanes >= dropped - _LANES // 2
-    return keep.to(dtype) * (_LANES / (_LANES - dropped))
+    return lanes >= round(p * _LANES) - _LANES // 2
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -33,7 +31,8 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return x
     if x.device.type != "cpu" or p >= 1.0:
         return F.dropout(x, p, training)
-    return x * keep_mask(x.shape, p, x.dtype)
+    # The scale is a Python float, so a bf16 input is not scaled by a rounded 1/(1-p).
+    return x * keep_mask(x.shape, p) * (_LANES / (_LANES - round(p * _LANES)))
 
 
 class Dropout(nn.Module):

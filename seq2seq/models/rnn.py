@@ -209,6 +209,7 @@ class RNNSeq2Seq(Seq2SeqModel):
         pad_id: int = 0,
     ):
         super().__init__(src_vocab_size, tgt_vocab_size, pad_id)
+        self.has_attention = decoder.attention is not None
         self.encoder = encoder
         self.bridge = bridge
         self.decoder = decoder

@@ -99,10 +99,13 @@ class MultiHeadAttention(nn.Module):
         ``[batch, heads, q_len, k_len]``.
         """
         q = self.split(self.q(x))
-        if self.training and self.dropout > 0:
+        if self.training and self.dropout > 0 and q.device.type == "cpu":
             ctx = self._attend_with_dropout(q, k, v, mask, causal)
-        else:
-            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        else:  # fused kernels (GPU training too: SDPA draws its own dropout there)
+            p = self.dropout if self.training else 0.0
+            ctx = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal
+            )
         return self.out(ctx.transpose(1, 2).flatten(2))  # [batch, q_len, dim]
 
     def _attend_with_dropout(self, q, k, v, mask, causal) -> torch.Tensor:
@@ -213,7 +216,6 @@ class TransformerState:
     memory_kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: [batch, heads, src, dh] x2
     cache: list[list[torch.Tensor]]  # per layer: [k, v] of the positions so far
     mask: torch.Tensor  # [batch, 1, 1, src_len], True at real source positions
-    memory: torch.Tensor  # [batch, src_len, dim]
     position: int = 0
 
 
@@ -240,6 +242,7 @@ class TransformerSeq2Seq(Seq2SeqModel):
         pad_id: int = 0,
     ):
         super().__init__(src_vocab_size, tgt_vocab_size, pad_id)
+        self.max_positions = min(src_embed.max_len, tgt_embed.max_len)
         dim = src_embed.dim
         self.src_embed, self.tgt_embed, self.out = src_embed, tgt_embed, out
         self.encoder, self.decoder = nn.ModuleList(encoder), nn.ModuleList(decoder)
@@ -257,21 +260,20 @@ class TransformerSeq2Seq(Seq2SeqModel):
     def init_state(self, encoded: Encoded) -> TransformerState:
         memory_kv = [layer.cross_attn.keys_values(encoded.states) for layer in self.decoder]
         return TransformerState(
-            memory_kv, [[] for _ in self.decoder], encoded.mask[:, None, None, :], encoded.states
+            memory_kv, [[] for _ in self.decoder], encoded.mask[:, None, None, :]
         )
 
     def step(self, prev_tokens: torch.Tensor, state: TransformerState):
         x = self.tgt_embed(prev_tokens.unsqueeze(1), start=state.position)  # [batch, 1, dim]
         weights: list[torch.Tensor] = []
+        cache = [list(c) for c in state.cache]  # a new state: the given one stays valid
         last = len(self.decoder) - 1
-        for i, (layer, kv, cache) in enumerate(
-            zip(self.decoder, state.memory_kv, state.cache, strict=True)
-        ):
+        for i, (layer, kv, c) in enumerate(zip(self.decoder, state.memory_kv, cache, strict=True)):
             # The last layer's cross-attention is returned for inspection (attention plots).
-            x = layer(x, kv, state.mask, cache, weights if i == last else None)
+            x = layer(x, kv, state.mask, c, weights if i == last else None)
         log_probs = torch.log_softmax(self.out(self.dec_norm(x)).squeeze(1).float(), dim=-1)
-        state.position += 1
-        return log_probs, state, weights[0].squeeze(1)  # [batch, src_len]
+        new_state = TransformerState(state.memory_kv, cache, state.mask, state.position + 1)
+        return log_probs, new_state, weights[0].squeeze(1)  # [batch, src_len]
 
     def reorder(self, state: TransformerState, index: torch.Tensor) -> TransformerState:
         def pick(t):
@@ -281,7 +283,6 @@ class TransformerSeq2Seq(Seq2SeqModel):
             memory_kv=[(pick(k), pick(v)) for k, v in state.memory_kv],
             cache=[[pick(t) for t in c] for c in state.cache],
             mask=pick(state.mask),
-            memory=pick(state.memory),
             position=state.position,
         )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-import resource
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -73,8 +73,13 @@ def step_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MB (Linux reports KB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory so far, in MB (0 where unknown)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes vs KB
 
 
 def _rng_state() -> dict:
@@ -138,12 +143,18 @@ class Trainer:
 
     def _order(self, epoch: int) -> list[list[int]]:
         if epoch not in self._orders:
-            self._orders = {epoch: self._epoch_batches(epoch)}  # keep one epoch's order
+            # Keep this epoch's order and the previous one (a step may straddle them).
+            self._orders = {e: o for e, o in self._orders.items() if e == epoch - 1}
+            self._orders[epoch] = self._epoch_batches(epoch)
         return self._orders[epoch]
 
     def _positions(self, n: int) -> list[tuple[int, int]]:
         """The next ``n`` (epoch, batch) positions from the saved data position on."""
         epoch, pos, out = self.progress.epoch, self.progress.batch_in_epoch, []
+        if pos >= len(self._order(epoch)):
+            # Resumed with settings that give fewer batches (e.g. larger train.batch_tokens).
+            log.warning("the saved data position is past this epoch's end: next epoch")
+            epoch, pos = epoch + 1, 0
         for _ in range(n):
             out.append((epoch, pos))
             pos += 1
@@ -285,6 +296,8 @@ class Trainer:
         ckpt = load_checkpoint(self.run_dir / LAST)
         restore_model(self.model, ckpt)
         restore_optimizer(self.optimizer, ckpt)
+        for group in self.optimizer.param_groups:  # the config given now wins on resume
+            group.update(betas=self.tc.betas, weight_decay=self.tc.weight_decay)
         self.progress = Progress(**ckpt.trainer["progress"])
         self.schedule.load_state_dict(ckpt.trainer["schedule"])
         _set_rng_state(ckpt.trainer["rng"])
@@ -350,9 +363,10 @@ class Trainer:
             p.tgt_tokens / max(p.elapsed, 1e-9),
             peak_rss_mb(),
         )
+        self.save_last()  # before the final validation: a Ctrl-C there loses nothing
         if reason != "interrupted" and (not p.history or p.history[-1]["step"] != p.step):
             self._validate()
-        self.save_last()
+            self.save_last()
         if self._writer is not None:
             self._writer.close()
 

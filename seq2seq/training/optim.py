@@ -37,7 +37,10 @@ class Schedule:
         warm = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
         if cfg.schedule == "noam" and cfg.warmup_steps and step > cfg.warmup_steps:
             warm = math.sqrt(cfg.warmup_steps / step)
-        return max(cfg.lr * warm * self.scale, cfg.min_lr if step > cfg.warmup_steps else 0.0)
+        lr = cfg.lr * warm * self.scale
+        if cfg.schedule != "constant" and step > cfg.warmup_steps:
+            lr = max(lr, cfg.min_lr)  # a floor for decaying schedules only
+        return lr
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
         lr = self.lr(step)

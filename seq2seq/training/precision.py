@@ -25,7 +25,8 @@ def resolve(device: torch.device, precision: str) -> str:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private in torch 2.x
+    native = any(getattr(torch.cpu, name, lambda: False)() for name in probes)
     return "bf16" if native else "fp32"
 
 
