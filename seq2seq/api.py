@@ -19,14 +19,15 @@ from pathlib import Path
 import torch
 
 from seq2seq import metrics as metrics_lib
+from seq2seq.checkpoint import save_checkpoint
 from seq2seq.config import Config, dump_config, from_dict, save_config
 from seq2seq.data.corpus import ParallelText, read_parallel
 from seq2seq.data.prepare import copy_codecs, encode, fit_codecs, load_codecs, load_split
 from seq2seq.errors import CheckpointError, ConfigError, DataError
 from seq2seq.inference import Translation, Translator, load_run, pick_device
 from seq2seq.models.build import build_model
-from seq2seq.training.checkpoint import save_checkpoint
 from seq2seq.training.loop import BEST, LAST, Progress, Trainer, step_log
+from seq2seq.viz import plot_curves
 
 log = logging.getLogger("seq2seq")
 
@@ -150,6 +151,8 @@ class Seq2Seq:
         if resume:
             trainer.resume()
         self.progress = trainer.train()
+        if any("valid_loss" in r or "train_loss" in r for r in self.progress.history):
+            plot_curves(self.progress.history, run_dir / "curves.png")
         self._use_checkpoint(run_dir)
 
     def _use_checkpoint(self, run_dir: Path) -> None:

@@ -123,7 +123,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_average(args: argparse.Namespace) -> None:
-    from seq2seq.training.checkpoint import average_checkpoints
+    from seq2seq.checkpoint import average_checkpoints
     from seq2seq.training.loop import step_checkpoints
 
     found = step_checkpoints(Path(args.run_dir))

@@ -31,21 +31,22 @@ def _opt(default: Any, *, lo: float | None = None, hi: float | None = None, path
 class DataConfig:
     """Where the text comes from and how it becomes token ids."""
 
+    # built-in generated task (instead of files)
     task: Literal["dates", "reverse", "sort", "addition"] | None = None
-    task_size: int = _opt(20000, lo=1)
-    task_seed: int = 1
-    train: str | None = _opt(None, path=True)
-    valid: str | None = _opt(None, path=True)
-    test: str | None = _opt(None, path=True)
-    src_lang: str = "src"
-    tgt_lang: str = "tgt"
-    tokenizer: Literal["char", "word", "sentencepiece"] = "sentencepiece"
-    sp_model_type: Literal["bpe", "unigram"] = "bpe"
-    sp_model: str | None = _opt(None, path=True)
-    vocab_size: int = _opt(8000, lo=8)
-    joint_vocab: bool = False
-    min_freq: int = _opt(1, lo=1)
-    max_len: int = _opt(100, lo=1)
+    task_size: int = _opt(20000, lo=1)  # task training pairs; valid/test get 5% each
+    task_seed: int = 1  # seed of the task generator
+    train: str | None = _opt(None, path=True)  # PREFIX (PREFIX.src_lang/.tgt_lang), .tsv or .jsonl
+    valid: str | None = _opt(None, path=True)  # validation pairs, same forms
+    test: str | None = _opt(None, path=True)  # test pairs (Seq2Seq.evaluate default)
+    src_lang: str = "src"  # file suffix of the source side
+    tgt_lang: str = "tgt"  # file suffix of the target side
+    tokenizer: Literal["char", "word", "sentencepiece"] = "sentencepiece"  # how text is split
+    sp_model_type: Literal["bpe", "unigram"] = "bpe"  # SentencePiece algorithm
+    sp_model: str | None = _opt(None, path=True)  # a pretrained .model to use as is
+    vocab_size: int = _opt(8000, lo=8)  # SentencePiece size / word vocab cap
+    joint_vocab: bool = False  # one tokenizer + vocabulary for both sides
+    min_freq: int = _opt(1, lo=1)  # char/word: rarer pieces become <unk>
+    max_len: int = _opt(100, lo=1)  # drop training pairs longer (tokens)
 
 
 @dataclass(frozen=True)
@@ -53,67 +54,67 @@ class ModelConfig:
     """The network. ``hidden_dim`` is the RNN state size, or the Transformer's d_model
     (whose embeddings have that size too: ``emb_dim`` is for RNNs only)."""
 
-    arch: Literal["rnn", "transformer"] = "rnn"
-    cell: Literal["gru", "lstm"] = "gru"
-    emb_dim: int = _opt(256, lo=1)
-    hidden_dim: int = _opt(512, lo=1)
-    enc_layers: int = _opt(1, lo=1)
-    dec_layers: int = _opt(1, lo=1)
-    bidirectional: bool = True
-    attention: Literal["none", "bahdanau", "luong"] = "bahdanau"
-    attention_score: Literal["dot", "general"] = "general"
-    input_feeding: bool = True
-    dropout: float = _opt(0.2, lo=0.0, hi=0.99)
-    tie_embeddings: bool = False
-    share_embeddings: bool = False
-    heads: int = _opt(4, lo=1)
-    ff_dim: int = _opt(1024, lo=1)
-    norm: Literal["pre", "post"] = "pre"
-    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
-    max_positions: int = _opt(1024, lo=1)
+    arch: Literal["rnn", "transformer"] = "rnn"  # model family
+    cell: Literal["gru", "lstm"] = "gru"  # RNN: recurrent unit
+    emb_dim: int = _opt(256, lo=1)  # RNN: embedding size
+    hidden_dim: int = _opt(512, lo=1)  # RNN state / Transformer d_model
+    enc_layers: int = _opt(1, lo=1)  # encoder layers
+    dec_layers: int = _opt(1, lo=1)  # decoder layers
+    bidirectional: bool = True  # RNN: encoder reads both ways
+    attention: Literal["none", "bahdanau", "luong"] = "bahdanau"  # RNN attention
+    attention_score: Literal["dot", "general"] = "general"  # Luong score
+    input_feeding: bool = True  # Luong: feed h~ to the next step
+    dropout: float = _opt(0.2, lo=0.0, hi=0.99)  # dropout probability
+    tie_embeddings: bool = False  # decoder embedding = output layer
+    share_embeddings: bool = False  # Transformer: src = tgt = output
+    heads: int = _opt(4, lo=1)  # Transformer: attention heads
+    ff_dim: int = _opt(1024, lo=1)  # Transformer: feed-forward size
+    norm: Literal["pre", "post"] = "pre"  # Transformer: layer-norm placement
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"  # position encoding
+    max_positions: int = _opt(1024, lo=1)  # Transformer: longest sequence
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, schedule, validation and stopping."""
 
-    seed: int = 1
-    batch_tokens: int = _opt(4096, lo=1)
-    pool_batches: int = _opt(100, lo=1)
-    optimizer: Literal["adam", "adamw"] = "adam"
-    lr: float = _opt(1e-3, lo=0.0)
-    betas: tuple[float, float] = (0.9, 0.98)
-    weight_decay: float = _opt(0.0, lo=0.0)
-    accumulate: int = _opt(1, lo=1)
-    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
-    clip_grad_norm: float = _opt(1.0, lo=0.0)
-    label_smoothing: float = _opt(0.1, lo=0.0, hi=0.99)
-    schedule: Literal["constant", "noam", "plateau"] = "constant"
-    warmup_steps: int = _opt(0, lo=0)
-    plateau_factor: float = _opt(0.5, lo=0.0, hi=1.0)
-    plateau_patience: int = _opt(2, lo=0)
-    min_lr: float = _opt(1e-6, lo=0.0)
-    max_steps: int = _opt(100000, lo=1)
-    max_epochs: int = _opt(1000, lo=1)
-    max_time: float | None = _opt(None, lo=0.0)
-    valid_every: int = _opt(1000, lo=1)
-    valid_bleu: bool = True
-    early_stop_metric: Literal["bleu", "loss"] = "loss"
-    patience: int = _opt(0, lo=0)
-    keep_checkpoints: int = _opt(5, lo=0)
-    log_every: int = _opt(100, lo=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = _opt(0, lo=0)
+    seed: int = 1  # seeds init, data order and dropout
+    batch_tokens: int = _opt(4096, lo=1)  # padded tokens per batch
+    pool_batches: int = _opt(100, lo=1)  # batches per length-sorted pool
+    optimizer: Literal["adam", "adamw"] = "adam"  # AdamW decouples weight decay
+    lr: float = _opt(1e-3, lo=0.0)  # learning rate (noam: the peak)
+    betas: tuple[float, float] = (0.9, 0.98)  # Adam betas
+    weight_decay: float = _opt(0.0, lo=0.0)  # L2 / decoupled decay
+    accumulate: int = _opt(1, lo=1)  # batches per update
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"  # auto: bf16 if native
+    clip_grad_norm: float = _opt(1.0, lo=0.0)  # max gradient norm; 0 = off
+    label_smoothing: float = _opt(0.1, lo=0.0, hi=0.99)  # mass spread over the vocabulary
+    schedule: Literal["constant", "noam", "plateau"] = "constant"  # learning-rate schedule
+    warmup_steps: int = _opt(0, lo=0)  # linear warm-up steps
+    plateau_factor: float = _opt(0.5, lo=0.0, hi=1.0)  # plateau: rate multiplier
+    plateau_patience: int = _opt(2, lo=0)  # plateau: bad validations tolerated
+    min_lr: float = _opt(1e-6, lo=0.0)  # floor of decaying schedules
+    max_steps: int = _opt(100000, lo=1)  # stop after this many updates
+    max_epochs: int = _opt(1000, lo=1)  # stop after this many epochs
+    max_time: float | None = _opt(None, lo=0.0)  # stop after this many seconds
+    valid_every: int = _opt(1000, lo=1)  # updates between validations
+    valid_bleu: bool = True  # decode the valid set for BLEU
+    early_stop_metric: Literal["bleu", "loss"] = "loss"  # picks best.safetensors
+    patience: int = _opt(0, lo=0)  # early stopping; 0 = off
+    keep_checkpoints: int = _opt(5, lo=0)  # step-*.safetensors kept
+    log_every: int = _opt(100, lo=1)  # updates between log lines
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
+    threads: int = _opt(0, lo=0)  # CPU threads; 0 = PyTorch default
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
     """How text is generated at validation and inference time."""
 
-    method: Literal["greedy"] = "greedy"
-    batch_tokens: int = _opt(8000, lo=1)
-    max_len_a: float = _opt(1.5, lo=0.0)
-    max_len_b: int = _opt(10, lo=0)
+    method: Literal["greedy"] = "greedy"  # search algorithm
+    batch_tokens: int = _opt(8000, lo=1)  # source tokens per decoding batch
+    max_len_a: float = _opt(1.5, lo=0.0)  # output limit: a * source length + b
+    max_len_b: int = _opt(10, lo=0)  # see max_len_a
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from seq2seq.checkpoint import load_checkpoint, restore_model
 from seq2seq.config import Config, DecodeConfig, parse_config
 from seq2seq.data.batching import Examples, collate, token_batches
 from seq2seq.data.prepare import load_codecs
@@ -23,7 +24,6 @@ from seq2seq.errors import CheckpointError, ConfigError
 from seq2seq.models.build import build_model
 from seq2seq.models.contract import Seq2SeqModel
 from seq2seq.search import greedy
-from seq2seq.training.checkpoint import load_checkpoint, restore_model
 
 CHECKPOINTS = ("best", "last", "averaged")
 log = logging.getLogger("seq2seq")

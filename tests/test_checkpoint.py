@@ -8,16 +8,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import seq2seq.training.checkpoint as checkpoint
-from seq2seq.config import ModelConfig
-from seq2seq.errors import CheckpointError
-from seq2seq.models.build import build_model
-from seq2seq.training.checkpoint import (
+import seq2seq.checkpoint as checkpoint
+from seq2seq.checkpoint import (
     load_checkpoint,
     restore_model,
     restore_optimizer,
     save_checkpoint,
 )
+from seq2seq.config import ModelConfig
+from seq2seq.errors import CheckpointError
+from seq2seq.models.build import build_model
 
 SRC_V, TGT_V = 11, 13
 CONFIG_TEXT = "model:\n  emb_dim: 8\n"

@@ -352,7 +352,7 @@ def test_defaults_are_valid() -> None:
 
 
 def test_every_example_config_loads() -> None:
-    configs = sorted(REPO.glob("examples/**/*.yaml"))
+    configs = sorted([*REPO.glob("examples/**/*.yaml"), *REPO.glob("bench/configs/*.yaml")])
     assert configs, "examples/ should ship at least one YAML config"
     for path in configs:
         cfg = load_config(path)

@@ -6,6 +6,7 @@ import random
 import pytest
 import torch
 
+from seq2seq.checkpoint import average_checkpoints, load_checkpoint, save_checkpoint
 from seq2seq.config import Config, ModelConfig, TrainConfig, from_dict
 from seq2seq.data.batching import Examples, collate
 from seq2seq.data.cache import encode_cached, fingerprint
@@ -13,7 +14,6 @@ from seq2seq.data.corpus import ParallelText
 from seq2seq.data.tokenizers import CharTokenizer, TextCodec
 from seq2seq.data.vocab import PAD, Vocab
 from seq2seq.models.build import build_model
-from seq2seq.training.checkpoint import average_checkpoints, load_checkpoint, save_checkpoint
 from seq2seq.training.loop import Trainer
 from seq2seq.training.loss import batch_loss
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from seq2seq.api import Seq2Seq
+from seq2seq.checkpoint import load_checkpoint
 from seq2seq.config import from_dict, load_config
 from seq2seq.data.batching import token_batches
 from seq2seq.data.prepare import encode, fit_codecs, load_split
 from seq2seq.errors import CheckpointError
-from seq2seq.training.checkpoint import load_checkpoint
 from seq2seq.training.loop import Trainer
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from seq2seq.data.batching import Examples
 from seq2seq.data.corpus import ParallelText
 from seq2seq.data.tokenizers import TextCodec
+from seq2seq.files import atomic_write
 
 log = logging.getLogger("seq2seq")
 
@@ -55,14 +54,7 @@ def _save(path: Path, examples: Examples) -> None:
     tensors = {}
     for name, rows in (("src", examples.src), ("tgt", examples.tgt)):
         tensors[f"{name}_ids"], tensors[f"{name}_offsets"] = _flatten(rows)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
 
 
 def _load(path: Path) -> Examples | None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import abc
 import io
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ import sentencepiece as spm
 
 from seq2seq.data.vocab import Vocab
 from seq2seq.errors import CheckpointError, DataError
+from seq2seq.files import atomic_write_bytes
 
 TOKENIZERS = ("char", "word", "sentencepiece")
 SP_MODEL_TYPES = ("bpe", "unigram")
@@ -124,7 +123,7 @@ class SentencePieceTokenizer(Tokenizer):
 
     def save(self, directory: Path, name: str) -> None:
         """Writes ``directory/{name}.model``, so a pretrained model travels with the run."""
-        _write_atomic(Path(directory) / f"{name}.model", self._sp.serialized_model_proto())
+        atomic_write_bytes(Path(directory) / f"{name}.model", self._sp.serialized_model_proto())
 
 
 @dataclass(frozen=True)
@@ -288,15 +287,3 @@ class _CountingIterator(Iterator[str]):
             raise
         self.count += 1
         return text
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` via a temporary file, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -7,13 +7,12 @@ every vocabulary, so models and decoders may refer to them as constants.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
 from seq2seq.errors import CheckpointError
+from seq2seq.files import atomic_write_bytes
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
@@ -153,14 +152,7 @@ class Vocab:
         """
         path = Path(path)
         text = json.dumps(self._pieces, ensure_ascii=False, indent=0)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(path, text.encode("utf-8"))
 
     @classmethod
     def load(cls, path: Path) -> Vocab:

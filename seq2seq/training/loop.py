@@ -19,16 +19,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from seq2seq.config import Config, dump_config
-from seq2seq.data.batching import Batch, Examples, collate, token_batches
-from seq2seq.data.vocab import PAD
-from seq2seq.models.contract import Seq2SeqModel
-from seq2seq.training.checkpoint import (
+from seq2seq.checkpoint import (
     load_checkpoint,
     restore_model,
     restore_optimizer,
     save_checkpoint,
 )
+from seq2seq.config import Config, dump_config
+from seq2seq.data.batching import Batch, Examples, collate, token_batches
+from seq2seq.data.vocab import PAD
+from seq2seq.models.contract import Seq2SeqModel
 from seq2seq.training.loss import batch_loss
 from seq2seq.training.optim import Schedule, build_optimizer
 from seq2seq.training.precision import autocast, grad_scaler, resolve
@@ -128,6 +128,7 @@ class Trainer:
         self.progress = Progress()
         self._writer = None
         self._orders: dict[int, list[list[int]]] = {}
+        self._since_valid = [0.0, 0]  # summed training loss and target tokens
         self.precision = resolve(device, self.tc.precision)
         self.scaler = grad_scaler(device, self.precision)
         log.info("training precision: %s (train.precision=%s)", self.precision, self.tc.precision)
@@ -207,6 +208,8 @@ class Trainer:
         p.step, (p.epoch, p.batch_in_epoch) = p.step + 1, after
         p.elapsed += time.perf_counter() - started
         p.tgt_tokens += n_tokens
+        self._since_valid[0] += loss
+        self._since_valid[1] += n_tokens
         src_tokens = sum(int(b.src.ne(PAD).sum()) for b in batches)
         padded = sum(b.src.numel() + b.tgt_out.numel() for b in batches)
         return StepResult(loss, n_tokens, src_tokens, padded, lr)
@@ -230,6 +233,9 @@ class Trainer:
         """Validation loss, perplexity and (optionally) BLEU; updates best/early stopping."""
         p = self.progress
         record: dict = {"step": p.step, "epoch": p.epoch}
+        if self._since_valid[1]:  # mean (smoothed) training loss since the last validation
+            record["train_loss"] = self._since_valid[0] / self._since_valid[1]
+        self._since_valid = [0.0, 0]
         if self.valid_data is not None and len(self.valid_data):
             loss = self.valid_loss()
             record.update(valid_loss=loss, valid_ppl=math.exp(min(loss, 50.0)))
@@ -243,7 +249,7 @@ class Trainer:
         self._save_step_checkpoint()
         log.info("validation %s", " ".join(f"{k}={v:.4g}" for k, v in record.items()))
         for key, value in record.items():
-            if key.startswith("valid_"):
+            if key.startswith("valid_"):  # training loss goes to TensorBoard every log step
                 self._tb(f"valid/{key[6:]}", value)
         return record
 

@@ -9,8 +9,6 @@ an untrusted source cannot run code.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from seq2seq.errors import CheckpointError
+from seq2seq.files import atomic_write
 
 FORMAT = "seq2seq-checkpoint-v1"
 
@@ -87,14 +86,7 @@ def save_checkpoint(
     if trainer is not None:
         meta["trainer"] = json.dumps(trainer)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(_unshared(tensors), tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: save_file(_unshared(tensors), tmp, metadata=meta))
 
 
 def _read_metadata(path: Path) -> dict:
