@@ -31,6 +31,7 @@ from seq2seq.data.vocab import PAD
 from seq2seq.models.contract import Seq2SeqModel
 from seq2seq.training.loss import batch_loss
 from seq2seq.training.optim import Schedule, build_optimizer
+from seq2seq.training.order import BatchOrder
 from seq2seq.training.precision import autocast, grad_scaler, resolve
 
 log = logging.getLogger("seq2seq")
@@ -127,41 +128,11 @@ class Trainer:
         self.schedule = Schedule(self.tc)
         self.progress = Progress()
         self._writer = None
-        self._orders: dict[int, list[list[int]]] = {}
+        self.order = BatchOrder(train, self.tc.batch_tokens, self.tc.pool_batches, self.tc.seed)
         self._since_valid = [0.0, 0]  # summed training loss and target tokens
         self.precision = resolve(device, self.tc.precision)
         self.scaler = grad_scaler(device, self.precision)
         log.info("training precision: %s (train.precision=%s)", self.precision, self.tc.precision)
-
-    # ------------------------------------------------------------------ data order
-
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        # Each epoch's order depends only on (seed, epoch): resuming can rebuild it.
-        rng = random.Random(self.tc.seed * 100003 + epoch)
-        return token_batches(
-            self.train_data, self.tc.batch_tokens, rng=rng, pool_batches=self.tc.pool_batches
-        )
-
-    def _order(self, epoch: int) -> list[list[int]]:
-        if epoch not in self._orders:
-            # Keep this epoch's order and the previous one (a step may straddle them).
-            self._orders = {e: o for e, o in self._orders.items() if e == epoch - 1}
-            self._orders[epoch] = self._epoch_batches(epoch)
-        return self._orders[epoch]
-
-    def _positions(self, n: int) -> list[tuple[int, int]]:
-        """The next ``n`` (epoch, batch) positions from the saved data position on."""
-        epoch, pos, out = self.progress.epoch, self.progress.batch_in_epoch, []
-        if pos >= len(self._order(epoch)):
-            # Resumed with settings that give fewer batches (e.g. larger train.batch_tokens).
-            log.warning("the saved data position is past this epoch's end: next epoch")
-            epoch, pos = epoch + 1, 0
-        for _ in range(n):
-            out.append((epoch, pos))
-            pos += 1
-            if pos >= len(self._order(epoch)):
-                epoch, pos = epoch + 1, 0
-        return out + [(epoch, pos)]
 
     def _next_batches(self) -> tuple[list[Batch], tuple[int, int]]:
         """One update's batches (``train.accumulate`` of them) and the position after them.
@@ -169,8 +140,9 @@ class Trainer:
         The position is committed only once the update is done, so an interrupted
         step is repeated on resume, not skipped.
         """
-        *now, after = self._positions(self.tc.accumulate)
-        return [collate(self.train_data, self._order(e)[b]) for e, b in now], after
+        p = self.progress
+        indices, after = self.order.take((p.epoch, p.batch_in_epoch), self.tc.accumulate)
+        return [collate(self.train_data, index) for index in indices], after
 
     # ------------------------------------------------------------------ one step
 
