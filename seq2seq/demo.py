@@ -32,14 +32,14 @@ DEMO_CONFIG = {
         "valid_every": 200,
         "log_every": 50,
         "valid_bleu": False,
-        "max_steps": 100000,
-        "max_time": 90.0,
+        "max_steps": 1000,
+        "max_time": 240.0,
     },
     "decode": {"max_len_a": 0.0, "max_len_b": 14},
 }
 
 
-def run_demo(out: Path, max_time: float = 90.0) -> dict:
+def run_demo(out: Path, max_time: float = 240.0) -> dict:
     """Train, print samples and scores, write ``metrics.json`` and ``attention.png``.
 
     Returns:
