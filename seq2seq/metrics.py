@@ -48,11 +48,7 @@ def bleu(hyps: list[str], refs: list[str]) -> tuple[float, str]:
     Raises:
         ValueError: If the lists are empty or differ in length.
     """
-    _check_pairs(hyps, refs)
-    # A fresh metric per call: sacrebleu objects cache state such as the signature.
-    metric = BLEU()
-    score = metric.corpus_score(hyps, [refs])
-    return score.score, str(metric.get_signature())
+    return _corpus_score(BLEU(), hyps, refs)
 
 
 def chrf(hyps: list[str], refs: list[str]) -> tuple[float, str]:
@@ -68,10 +64,13 @@ def chrf(hyps: list[str], refs: list[str]) -> tuple[float, str]:
     Raises:
         ValueError: If the lists are empty or differ in length.
     """
+    return _corpus_score(CHRF(), hyps, refs)
+
+
+def _corpus_score(metric, hyps: list[str], refs: list[str]) -> tuple[float, str]:
+    """Score with a fresh sacrebleu metric (they cache state such as the signature)."""
     _check_pairs(hyps, refs)
-    metric = CHRF()
-    score = metric.corpus_score(hyps, [refs])
-    return score.score, str(metric.get_signature())
+    return metric.corpus_score(hyps, [refs]).score, str(metric.get_signature())
 
 
 def rouge(hyps: list[str], refs: list[str]) -> dict[str, float]:
