@@ -111,10 +111,22 @@ class TrainConfig:
 class DecodeConfig:
     """How text is generated at validation and inference time."""
 
-    method: Literal["greedy"] = "greedy"  # search algorithm
+    method: Literal["greedy", "beam", "sample"] = "greedy"  # search algorithm
     batch_tokens: int = _opt(8000, lo=1)  # source tokens per decoding batch
     max_len_a: float = _opt(1.5, lo=0.0)  # output limit: a * source length + b
     max_len_b: int = _opt(10, lo=0)  # see max_len_a
+    min_len: int = _opt(0, lo=0)  # no EOS before this many output tokens
+    beam_size: int = _opt(5, lo=1)  # beam: hypotheses kept per sentence
+    n_best: int = _opt(1, lo=1)  # beam: outputs returned per sentence (<= beam_size)
+    length_penalty: float = _opt(1.0, lo=0.0)  # beam: GNMT alpha; 0 = raw log-prob
+    no_repeat_ngram: int = _opt(0, lo=0)  # never repeat an n-gram of this size; 0 = off
+    banned: tuple[str, ...] = ()  # target tokens never generated (pieces)
+    temperature: float = _opt(1.0, lo=1e-6)  # sample: divides the logits
+    top_k: int = _opt(0, lo=0)  # sample: from the k most likely; 0 = all
+    top_p: float = _opt(1.0, lo=1e-6, hi=1.0)  # sample: from the smallest set with mass p
+    seed: int | None = None  # sample: random seed (None: a fresh draw each time)
+    precision: Literal["fp32", "bf16"] = "fp32"  # inference arithmetic (bf16: autocast)
+    quantize: Literal["none", "int8"] = "none"  # int8: dynamic quantization of linears (CPU)
 
 
 @dataclass(frozen=True)
@@ -143,7 +155,7 @@ class Config:
 
 def _conflicts(cfg: Config) -> list[str]:
     """Settings that are valid one by one but contradict each other (none ignored silently)."""
-    data, model, train = cfg.data, cfg.model, cfg.train
+    data, model, train, decode = cfg.data, cfg.model, cfg.train, cfg.decode
     checks = [
         (
             model.share_embeddings and not data.joint_vocab,
@@ -162,6 +174,14 @@ def _conflicts(cfg: Config) -> list[str]:
         (
             data.sp_model is not None and data.tokenizer != "sentencepiece",
             f"data.sp_model is a SentencePiece model but data.tokenizer is {data.tokenizer!r}",
+        ),
+        (
+            decode.n_best > decode.beam_size and decode.method == "beam",
+            f"decode.n_best={decode.n_best} exceeds decode.beam_size={decode.beam_size}",
+        ),
+        (
+            decode.n_best > 1 and decode.method != "beam",
+            f"decode.n_best={decode.n_best} needs decode.method: beam",
         ),
         (
             train.schedule == "noam" and train.warmup_steps == 0,
@@ -190,6 +210,11 @@ def _check_value(where: str, value: Any, hint: Any, meta: dict) -> Any:
         if value not in choices:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
         return value
+    if origin is tuple and typing.get_args(hint)[-1] is Ellipsis:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        kind = typing.get_args(hint)[0]
+        return tuple(_check_value(f"{where}[{i}]", v, kind, meta) for i, v in enumerate(value))
     if origin is tuple:
         kinds = typing.get_args(hint)
         if not isinstance(value, (list, tuple)) or len(value) != len(kinds):

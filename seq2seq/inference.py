@@ -2,13 +2,17 @@
 
 ``translate``, ``evaluate``, the Python API's ``predict`` and validation BLEU all go
 through it: sentences are encoded, sorted by length and batched by tokens, decoded
-with the configured search, detokenized and returned in input order.
+with the configured search (greedy, beam or sampling), detokenized and returned in
+input order. The model may be an ensemble of checkpoints, run in bf16, or have its
+linear layers quantized to int8.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,11 +23,12 @@ from seq2seq.config import Config, DecodeConfig, parse_config
 from seq2seq.data.batching import Examples, collate, token_batches
 from seq2seq.data.prepare import load_codecs
 from seq2seq.data.tokenizers import TextCodec
-from seq2seq.data.vocab import BOS, EOS
+from seq2seq.data.vocab import BOS, EOS, PAD, UNK
 from seq2seq.errors import CheckpointError, ConfigError
 from seq2seq.models.build import build_model
 from seq2seq.models.contract import Seq2SeqModel
-from seq2seq.search import greedy
+from seq2seq.search import Ensemble, Hypothesis, Rules, beam_search, greedy, sample
+from seq2seq.search import score as forced_score
 
 CHECKPOINTS = ("best", "last", "averaged")
 log = logging.getLogger("seq2seq")
@@ -31,13 +36,18 @@ log = logging.getLogger("seq2seq")
 
 @dataclass
 class Translation:
-    """One output: the text, its score, and (on request) attention with token labels."""
+    """One output: the text, its score, and (on request) attention with token labels.
+
+    ``score`` is what the search ranked by (see :class:`~seq2seq.search.Hypothesis`);
+    ``nbest`` holds every returned hypothesis as ``(text, score)``, best first.
+    """
 
     text: str
     score: float
     src_tokens: list[str]
     out_tokens: list[str]
     attention: torch.Tensor | None = None  # [len(out_tokens), len(src_tokens)]
+    nbest: list[tuple[str, float]] = field(default_factory=list)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -59,20 +69,28 @@ class Translator:
     """Decodes raw text with a model and the tokenizers it was trained with.
 
     Args:
-        model: a model implementing the contract.
+        model: a model implementing the contract, or an :class:`~seq2seq.search.Ensemble`.
         src_codec, tgt_codec: tokenizer + vocabulary of each side.
-        decode: search settings (length limits, batch size in tokens).
+        decode: search settings (method, beam, sampling, limits, precision, int8).
+
+    Raises:
+        ConfigError: a banned token that is not in the target vocabulary, or int8
+            quantization asked for on a GPU.
     """
 
-    def __init__(
-        self, model: Seq2SeqModel, src_codec: TextCodec, tgt_codec: TextCodec, decode: DecodeConfig
-    ):
-        self.model, self.src_codec, self.tgt_codec, self.decode = (
-            model,
-            src_codec,
-            tgt_codec,
-            decode,
+    def __init__(self, model, src_codec: TextCodec, tgt_codec: TextCodec, decode: DecodeConfig):
+        self.src_codec, self.tgt_codec, self.decode = src_codec, tgt_codec, decode
+        self.model = quantize_int8(model) if decode.quantize == "int8" else model
+        self.rules = Rules(
+            bos=BOS,
+            eos=EOS,
+            max_len_a=decode.max_len_a,
+            max_len_b=decode.max_len_b,
+            min_len=decode.min_len,
+            no_repeat_ngram=decode.no_repeat_ngram,
+            banned=(PAD, BOS, *self._banned_ids(decode.banned)),
         )
+        self.generator: torch.Generator | None = None
 
     @property
     def has_attention(self) -> bool:
@@ -84,16 +102,38 @@ class Translator:
 
     @classmethod
     def from_run(
-        cls, run_dir: str | Path, checkpoint: str = "best", device: str = "auto"
+        cls,
+        run_dir: str | Path,
+        checkpoint: str | list[str] = "best",
+        device: str = "auto",
+        decode: dict | None = None,
     ) -> Translator:
         """Load a run directory written by ``seq2seq train`` or ``Seq2Seq.save``.
 
+        Args:
+            run_dir: the run (its config and tokenizers are used).
+            checkpoint: ``best``/``last``/``averaged`` or a ``.safetensors`` path; a list
+                of several decodes them as an ensemble (one target vocabulary).
+            device: ``auto``, ``cpu`` or ``cuda``.
+            decode: overrides of the run's ``decode`` section, e.g. ``{"method": "beam"}``.
+
         Raises:
             CheckpointError: the directory, a file in it, or the weights are unusable.
+            ConfigError: an invalid decode override.
         """
-        cfg, model, codecs = load_run(run_dir, checkpoint)
-        model.to(pick_device(device)).eval()
-        return cls(model, *codecs, cfg.decode)
+        names = [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
+        if not names:
+            raise ConfigError("no checkpoint given")
+        cfg, model, codecs = load_run(run_dir, names[0])
+        models = [model] + [_load_member(run_dir, name, codecs) for name in names[1:]]
+        if decode:
+            cfg = cfg.replace(decode=decode)
+        target = pick_device(device)
+        if cfg.decode.quantize == "int8" and target.type != "cpu":
+            raise ConfigError("decode.quantize: int8 runs on the CPU only (use --device cpu)")
+        joined = models[0] if len(models) == 1 else Ensemble(models)
+        joined.to(target).eval()
+        return cls(joined, *codecs, cfg.decode)
 
     @torch.no_grad()
     def translate(
@@ -114,21 +154,66 @@ class Translator:
                 Examples([examples.src[i] for i in real], []), self.decode.batch_tokens
             )
         ]
-        for index in tqdm(batches, disable=not progress, unit="batch", leave=False):
-            src = collate(examples, index).src.to(self.device)
-            hyps = greedy(
-                self.model,
-                src,
-                bos=BOS,
-                eos=EOS,
-                max_len_a=self.decode.max_len_a,
-                max_len_b=self.decode.max_len_b,
-                keep_attention=attention,
-            )
-            for i, hyp in zip(index, hyps, strict=True):
-                results[i] = self._finish(texts[i], examples.src[i], hyp)
+        with self._precision():
+            for index in tqdm(batches, disable=not progress, unit="batch", leave=False):
+                src = collate(examples, index).src.to(self.device)
+                for i, hyps in zip(index, self.search(src, attention), strict=True):
+                    results[i] = self._finish(examples.src[i], hyps)
         self.model.train(was_training)
         return results
+
+    def search(self, src: torch.Tensor, attention: bool = False) -> list[list[Hypothesis]]:
+        """Run the configured search on padded source ids; hypotheses per row, best first."""
+        d = self.decode
+        if d.method == "beam":
+            return beam_search(
+                self.model,
+                src,
+                self.rules,
+                beam_size=d.beam_size,
+                n_best=d.n_best,
+                alpha=d.length_penalty,
+                keep_attention=attention,
+            )
+        if d.method == "sample":
+            hyps = sample(
+                self.model,
+                src,
+                self.rules,
+                temperature=d.temperature,
+                top_k=d.top_k,
+                top_p=d.top_p,
+                generator=self._generator(src.device),
+                keep_attention=attention,
+            )
+        else:
+            hyps = greedy(self.model, src, self.rules, keep_attention=attention)
+        return [[h] for h in hyps]
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        """One random stream per Translator: a seed makes a whole run reproducible."""
+        if self.generator is None:
+            self.generator = torch.Generator(device)
+            if self.decode.seed is None:
+                self.generator.seed()
+            else:
+                self.generator.manual_seed(self.decode.seed)
+        return self.generator
+
+    def _precision(self):
+        if self.decode.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def _banned_ids(self, pieces: tuple[str, ...]) -> list[int]:
+        vocab = self.tgt_codec.vocab
+        ids = []
+        for piece in pieces:
+            index = vocab.index(piece)
+            if index == UNK and piece != vocab.piece(UNK):
+                raise ConfigError(f"decode.banned: {piece!r} is not in the target vocabulary")
+            ids.append(index)
+        return ids
 
     def _encode(self, text: str) -> list[int]:
         ids = self.src_codec.encode(text)
@@ -140,17 +225,38 @@ class Translator:
             ids = ids[: limit - 1]
         return ids
 
-    def _finish(self, text: str, src_ids: list[int], hyp) -> Translation:
+    def _finish(self, src_ids: list[int], hyps: list[Hypothesis]) -> Translation:
+        best = hyps[0]
         vocab_out = self.tgt_codec.vocab
-        out_tokens = [vocab_out.piece(i) for i in hyp.tokens] + ["</s>"]
+        out_tokens = [vocab_out.piece(i) for i in best.tokens] + ["</s>"]
         src_tokens = [self.src_codec.vocab.piece(i) for i in src_ids] + ["</s>"]
-        weights = hyp.attention
+        weights = best.attention
         if weights is not None:
             weights = weights[: len(out_tokens), : len(src_tokens)]
             out_tokens = out_tokens[: weights.size(0)]
-        return Translation(
-            self.tgt_codec.decode(hyp.tokens), hyp.score, src_tokens, out_tokens, weights
-        )
+        texts = [(self.tgt_codec.decode(h.tokens), h.score) for h in hyps]
+        return Translation(texts[0][0], best.score, src_tokens, out_tokens, weights, texts)
+
+    def score(self, sources: list[str], targets: list[str]) -> list[float]:
+        """Each pair's log-likelihood ``log p(target | source)`` (forced decoding, EOS
+        included), in input order; an empty source or target scores ``nan``."""
+        src_ids = [self._encode(t) for t in sources]
+        tgt_ids = [self.tgt_codec.encode(t) for t in targets]
+        real = [i for i, (s, t) in enumerate(zip(src_ids, tgt_ids, strict=True)) if s and t]
+        out = [float("nan")] * len(sources)
+        pairs = Examples([src_ids[i] for i in real], [tgt_ids[i] for i in real])
+        with self._precision():
+            for index in token_batches(pairs, self.decode.batch_tokens):
+                batch = collate(pairs, index)
+                values = forced_score(
+                    self.model,
+                    batch.src.to(self.device),
+                    batch.tgt_in.to(self.device),
+                    batch.tgt_out.to(self.device),
+                )
+                for j, value in zip(index, values, strict=True):
+                    out[real[j]] = value
+        return out
 
     def __call__(self, texts: list[str]) -> list[str]:
         return [t.text for t in self.translate(texts)]
@@ -175,6 +281,34 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"):
     model = build_model(cfg.model, len(codecs[0].vocab), len(codecs[1].vocab))
     restore_model(model, ckpt)
     return cfg, model, codecs
+
+
+def _load_member(run_dir: str | Path, checkpoint: str, codecs) -> Seq2SeqModel:
+    """Another ensemble member: a checkpoint name or path of ``run_dir``, or another run
+    directory (its best checkpoint) with the same vocabularies."""
+    path = Path(checkpoint)
+    other = path if path.is_dir() else Path(run_dir)
+    _, model, (src_codec, tgt_codec) = load_run(other, "best" if path.is_dir() else checkpoint)
+    if src_codec.vocab != codecs[0].vocab or tgt_codec.vocab != codecs[1].vocab:
+        raise CheckpointError(
+            f"{checkpoint}: its vocabularies differ from those of {run_dir}; "
+            "ensemble members must share them"
+        )
+    return model
+
+
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """Dynamic int8 quantization of every linear layer (weights int8, activations
+    quantized on the fly), for CPU inference. Embeddings and layer norms stay fp32."""
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError:  # pragma: no cover - depends on the PyTorch build
+        raise ConfigError(
+            "decode.quantize: int8 needs torch.ao.quantization, which this PyTorch lacks"
+        ) from None
+    with warnings.catch_warnings():  # deprecated upstream in favour of torchao
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model.cpu(), {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def _checkpoint_path(run_dir: Path, checkpoint: str) -> Path:

@@ -5,7 +5,7 @@ import torch
 
 from seq2seq.config import ModelConfig
 from seq2seq.models.build import build_model
-from seq2seq.search import greedy
+from seq2seq.search import Rules, greedy
 
 PAD, BOS, EOS = 0, 1, 2
 SRC_V, TGT_V = 23, 19
@@ -93,10 +93,11 @@ def test_reorder_selects_rows(model):
 
 def test_batched_greedy_equals_one_by_one(model):
     src, _ = batch()
-    together = greedy(model, src, bos=BOS, eos=EOS, max_len_a=1.0, max_len_b=3)
+    rules = Rules(bos=BOS, eos=EOS, max_len_a=1.0, max_len_b=3)
+    together = greedy(model, src, rules)
     for i in range(src.size(0)):
         row = src[i : i + 1, : int(src[i].ne(PAD).sum())]
-        alone = greedy(model, row, bos=BOS, eos=EOS, max_len_a=1.0, max_len_b=3)[0]
+        alone = greedy(model, row, rules)[0]
         assert alone.tokens == together[i].tokens
         assert alone.score == pytest.approx(together[i].score, abs=1e-4)
 

@@ -14,7 +14,7 @@ from seq2seq.data.tokenizers import CharTokenizer, TextCodec
 from seq2seq.data.vocab import Vocab
 from seq2seq.errors import ConfigError
 from seq2seq.models.build import build_model
-from seq2seq.search import greedy
+from seq2seq.search import Rules, greedy
 
 TINY = {"emb_dim": 8, "hidden_dim": 16, "dropout": 0.0}
 TRAIN = {"max_steps": 4, "valid_every": 2, "batch_tokens": 200, "valid_bleu": False}
@@ -41,7 +41,7 @@ def test_greedy_never_runs_past_the_transformers_positions():
     cfg = ModelConfig(arch="transformer", hidden_dim=16, ff_dim=32, max_positions=12, dropout=0.0)
     model = build_model(cfg, 20, 20).eval()
     src = torch.randint(3, 20, (2, 11))
-    hyps = greedy(model, src, bos=1, eos=2, max_len_a=3.0, max_len_b=50)
+    hyps = greedy(model, src, Rules(bos=1, eos=2, max_len_a=3.0, max_len_b=50))
     assert all(len(h.tokens) <= 11 for h in hyps)
 
 

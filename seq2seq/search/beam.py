@@ -1,0 +1,203 @@
+"""Beam search, written once against the decoding contract.
+
+Every sentence of a batch keeps ``k`` live hypotheses; their rows are flattened to
+``[sentences * k]`` for the model. Each step is a few named parts:
+
+1. **expand**: one model step for every live row, constrained by the :class:`Rules`;
+2. **score**: add each row's running log-probability and take the ``2k`` best
+   continuations per sentence;
+3. **finalize**: continuations among the ``k`` best that end the sentence (EOS, or the
+   length limit) become finished hypotheses, scored with the GNMT length penalty
+   ``((5 + length) / 6) ** alpha``;
+4. **select**: the ``k`` best continuations that do not end become the new beam;
+5. **reorder**: sentences that are done leave the batch, and the model state follows
+   the selected rows (one ``reorder`` per step).
+
+A sentence is done when it has ``n_best`` finished hypotheses and its best live one,
+ended now, would not beat them (exact without length penalty), or at its length limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from seq2seq.search.common import NEG_INF, Hypothesis, Rules
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT's length normaliser ``((5 + length) / 6) ** alpha`` (1 when alpha is 0)."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+@dataclass
+class _Beams:
+    """The live sentences of a batch, ``k`` hypotheses each (rows ``l * k + j``)."""
+
+    sentences: list[int]  # original batch row of each live sentence
+    limits: torch.Tensor  # [L] output length limits
+    scores: torch.Tensor  # [L, k] summed log-probabilities; -inf marks an empty slot
+    tokens: torch.Tensor  # [L * k, t] tokens so far
+    attention: torch.Tensor | None  # [L * k, t, src_len] when attention is kept
+    state: Any  # the model's decoder state, one row per hypothesis
+
+
+@dataclass
+class _Candidates:
+    """The ``2k`` best continuations of each live sentence, best first."""
+
+    scores: torch.Tensor  # [L, 2k] summed log-probabilities
+    beam: torch.Tensor  # [L, 2k] which hypothesis (0..k-1) each continues
+    token: torch.Tensor  # [L, 2k] the token appended
+    ending: torch.Tensor  # [L, 2k] True where the continuation ends the sentence
+
+
+class _Finished:
+    """Finished hypotheses of every sentence, with each one's n-best threshold."""
+
+    def __init__(self, batch: int, n_best: int):
+        self.lists: list[list[Hypothesis]] = [[] for _ in range(batch)]
+        self.n_best = n_best
+
+    def add(self, sentence: int, hyp: Hypothesis) -> None:
+        self.lists[sentence].append(hyp)
+
+    def threshold(self, sentence: int) -> float:
+        """The n_best-th best finished score (-inf while there are fewer)."""
+        scores = sorted((h.score for h in self.lists[sentence]), reverse=True)
+        return scores[self.n_best - 1] if len(scores) >= self.n_best else NEG_INF
+
+    def best(self) -> list[list[Hypothesis]]:
+        return [sorted(f, key=lambda h: h.score, reverse=True)[: self.n_best] for f in self.lists]
+
+
+@torch.no_grad()
+def beam_search(
+    model,
+    src: torch.Tensor,
+    rules: Rules,
+    *,
+    beam_size: int = 5,
+    n_best: int = 1,
+    alpha: float = 1.0,
+    keep_attention: bool = False,
+) -> list[list[Hypothesis]]:
+    """Batched beam search.
+
+    Args:
+        model: any model implementing the decoding contract (or an ensemble).
+        src: padded source ids ``[batch, src_len]``.
+        rules: length limits and other constraints.
+        beam_size: live hypotheses per sentence (``k``).
+        n_best: hypotheses returned per sentence (at most ``beam_size``).
+        alpha: GNMT length-penalty exponent; 0 ranks by summed log-probability.
+        keep_attention: also return each hypothesis' attention weights.
+
+    Returns:
+        Per source row, in input order, its ``n_best`` hypotheses, best first.
+    """
+    if not 1 <= n_best <= beam_size:
+        raise ValueError(f"n_best={n_best} must be between 1 and beam_size={beam_size}")
+    beams = _start(model, src, rules, beam_size, keep_attention)
+    finished = _Finished(src.size(0), n_best)
+    prev = torch.full((src.size(0) * beam_size,), rules.bos, dtype=torch.long, device=src.device)
+    for t in range(int(beams.limits.max())):
+        log_probs, state, weights = model.step(prev, beams.state)
+        rules.apply(log_probs, t, beams.tokens if rules.needs_history else None)
+        cands = _score(beams, log_probs, rules, t)
+        _finalize(beams, cands, weights, finished, rules.eos, t, alpha)
+        beams = _select_and_reorder(model, beams, cands, state, weights, finished, t, alpha)
+        if not beams.sentences:
+            break
+        prev = beams.tokens[:, -1]
+    return finished.best()
+
+
+def _start(model, src, rules: Rules, k: int, keep_attention: bool) -> _Beams:
+    encoded = model.encode(src)
+    batch = src.size(0)
+    state = model.reorder(
+        model.init_state(encoded), torch.arange(batch, device=src.device).repeat_interleave(k)
+    )
+    scores = torch.full((batch, k), NEG_INF, device=src.device)
+    scores[:, 0] = 0.0  # one live hypothesis per sentence at first
+    attention = None
+    if keep_attention:
+        attention = torch.zeros(batch * k, 0, src.size(1), device=src.device)
+    return _Beams(
+        sentences=list(range(batch)),
+        limits=rules.limits(encoded.mask, model.max_positions),
+        scores=scores,
+        tokens=src.new_zeros(batch * k, 0),
+        attention=attention,
+        state=state,
+    )
+
+
+def _score(beams: _Beams, log_probs: torch.Tensor, rules: Rules, t: int) -> _Candidates:
+    """The 2k best continuations per sentence of the expanded beam."""
+    live, k = beams.scores.shape
+    vocab = log_probs.size(-1)
+    total = (beams.scores.view(-1, 1) + log_probs).view(live, k * vocab)
+    scores, index = total.topk(min(2 * k, k * vocab), dim=1)
+    token = index % vocab
+    ending = token.eq(rules.eos) | beams.limits.le(t + 1).unsqueeze(1)
+    return _Candidates(scores, torch.div(index, vocab, rounding_mode="floor"), token, ending)
+
+
+def _finalize(beams, cands: _Candidates, weights, finished: _Finished, eos, t, alpha) -> None:
+    """Continuations among the k best that end the sentence become finished hypotheses."""
+    k = beams.scores.size(1)
+    ends = cands.ending[:, :k] & cands.scores[:, :k].isfinite()
+    found = ends.nonzero().tolist()
+    if not found:
+        return
+    penalty = length_penalty(t + 1, alpha)
+    for live, j in found:
+        row = live * k + int(cands.beam[live, j])
+        token = int(cands.token[live, j])
+        tokens = beams.tokens[row].tolist() + ([] if token == eos else [token])
+        log_prob = float(cands.scores[live, j])
+        attention = None
+        if beams.attention is not None and weights is not None:
+            attention = torch.cat([beams.attention[row], weights[row].float().unsqueeze(0)])
+        finished.add(
+            beams.sentences[live], Hypothesis(tokens, log_prob / penalty, log_prob, attention)
+        )
+
+
+def _select_and_reorder(
+    model, beams: _Beams, cands: _Candidates, state, weights, finished: _Finished, t, alpha
+) -> _Beams:
+    """The k best non-ending continuations become the beam; done sentences leave it."""
+    live, k = beams.scores.shape
+    width = cands.scores.size(1)
+    rank = cands.ending.long() * width + torch.arange(width, device=cands.scores.device)
+    order = rank.argsort(dim=1)[:, :k]  # non-ending continuations first, best first
+    scores = cands.scores.gather(1, order).masked_fill(cands.ending.gather(1, order), NEG_INF)
+    beam, token = cands.beam.gather(1, order), cands.token.gather(1, order)
+    keep = _undone(beams, scores, finished, t, alpha)
+    if keep.numel() < live:
+        scores, beam, token = scores[keep], beam[keep], token[keep]
+    rows = (keep.unsqueeze(1) * k + beam).view(-1)
+    attention = beams.attention
+    if attention is not None and weights is not None:
+        attention = torch.cat([attention[rows], weights[rows].float().unsqueeze(1)], dim=1)
+    return _Beams(
+        sentences=[beams.sentences[i] for i in keep.tolist()],
+        limits=beams.limits[keep],
+        scores=scores,
+        tokens=torch.cat([beams.tokens[rows], token.view(-1, 1)], dim=1),
+        attention=attention,
+        state=model.reorder(state, rows),
+    )
+
+
+def _undone(beams: _Beams, scores: torch.Tensor, finished: _Finished, t, alpha) -> torch.Tensor:
+    """Indices of the live sentences that go on after step ``t``."""
+    best_live = scores.max(dim=1).values / length_penalty(t + 1, alpha)
+    threshold = torch.tensor([finished.threshold(s) for s in beams.sentences], device=scores.device)
+    done = beams.limits.le(t + 1) | best_live.le(threshold) | best_live.isneginf()
+    return (~done).nonzero().squeeze(1)
