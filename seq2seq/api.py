@@ -10,6 +10,7 @@ model.save("my_model"); Seq2Seq.load("my_model")
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import tempfile
@@ -140,7 +141,9 @@ class Seq2Seq:
         device = pick_device(cfg.train.device)
         model = build_model(cfg.model, len(src_codec.vocab), len(tgt_codec.vocab)).to(device)
         log.info("model: %.2fM parameters; %d training pairs", _millions(model), len(train_ex))
-        self.translator = Translator(model, src_codec, tgt_codec, cfg.decode)
+        # Validation decodes the live weights: never an int8 or bf16 copy of them.
+        live = dataclasses.replace(cfg.decode, quantize="none", precision="fp32")
+        self.translator = Translator(model, src_codec, tgt_codec, live)
         score_fn = None
         if valid_text is not None:
 
@@ -167,13 +170,25 @@ class Seq2Seq:
             raise RuntimeError("this model has no weights yet: call fit() or Seq2Seq.load()")
         return self.translator
 
-    def predict(self, texts: Iterable[str]) -> list[str]:
-        """Translate raw sentences to detokenized text."""
-        return self._require()(list(texts))
+    def predict(self, texts: Iterable[str], **decode) -> list[str]:
+        """Translate raw sentences to detokenized text.
 
-    def translate(self, texts: Iterable[str], attention: bool = False) -> list[Translation]:
-        """Like :meth:`predict`, with scores, tokens and (on request) attention weights."""
-        return self._require().translate(list(texts), attention=attention)
+        Keyword arguments override the config's ``decode`` settings for this call,
+        e.g. ``predict(texts, method="beam", beam_size=5)``.
+        """
+        return self._require().configure(**decode)(list(texts))
+
+    def translate(
+        self, texts: Iterable[str], attention: bool = False, **decode
+    ) -> list[Translation]:
+        """Like :meth:`predict`, with scores, n-best lists, tokens and (on request) the
+        attention weights ``[output tokens, source tokens]`` of each sentence."""
+        return self._require().configure(**decode).translate(list(texts), attention=attention)
+
+    def score(self, sources: Iterable[str], targets: Iterable[str]) -> list[float]:
+        """Each pair's log-likelihood ``log p(target | source)`` under the model (EOS
+        included): for reranking or filtering parallel data."""
+        return [value for value, _ in self._require().score(list(sources), list(targets))]
 
     def evaluate(
         self, data: Data = None, metrics: Iterable[str] = ("bleu", "chrf", "exact")

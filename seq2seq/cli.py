@@ -64,11 +64,60 @@ def _write_lines(path: str, lines: list[str]) -> None:
         raise DataError(f"cannot write {path}: {err.strerror or err}") from None
 
 
-def cmd_translate(args: argparse.Namespace) -> None:
+def _translator(args: argparse.Namespace):
+    """The Translator (or CTranslate2 translator) the decoding options ask for."""
+    decode = _decode_overrides(args)
+    if args.engine == "ctranslate2":
+        from seq2seq.ct2 import CTranslate2Translator
+
+        if args.checkpoint:
+            raise ConfigError(
+                "--engine ctranslate2 decodes the one model of an export: drop --checkpoint"
+            )
+        return CTranslate2Translator.from_export(
+            args.run_dir, decode, device=args.device, compute_type=_compute_type(decode)
+        )
     from seq2seq.inference import Translator
 
+    return Translator.from_run(args.run_dir, args.checkpoint or "best", args.device, decode)
+
+
+def _compute_type(decode: dict) -> str:
+    if decode.get("quantize") == "int8":
+        return "int8"
+    return "bfloat16" if decode.get("precision") == "bf16" else "float32"
+
+
+def _decode_overrides(args: argparse.Namespace) -> dict:
+    """Decode settings from the command line: shortcuts first, then ``--decode k=v``."""
+    import yaml
+
+    decode: dict = {}
+    if args.beam is not None:
+        decode.update(method="beam", beam_size=args.beam)
+    if args.nbest is not None:
+        decode.setdefault("method", "beam")
+        decode["n_best"] = args.nbest
+        decode.setdefault("beam_size", max(args.nbest, 5))
+    if args.sample:
+        decode["method"] = "sample"
+    for name in ("seed", "quantize", "precision"):
+        if getattr(args, name) is not None:
+            decode[name] = getattr(args, name)
+    for item in args.decode:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--decode '{item}' is not of the form key=value")
+        try:
+            decode[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--decode '{item}': cannot parse the value ({err})") from None
+    return decode
+
+
+def cmd_translate(args: argparse.Namespace) -> None:
     _check_writable(args.output)
-    translator = Translator.from_run(args.run_dir, args.checkpoint, args.device)
+    translator = _translator(args)
     if args.attention and not translator.has_attention:
         raise ConfigError(
             f"{args.run_dir}: this model has no attention to plot (model.attention: none)"
@@ -77,28 +126,66 @@ def cmd_translate(args: argparse.Namespace) -> None:
     results = translator.translate(
         texts, attention=bool(args.attention), progress=args.input is not None
     )
-    if args.output:
-        _write_lines(args.output, [r.text for r in results])
+    if translator.decode.n_best > 1:  # Moses n-best format: index ||| text ||| score
+        lines = [
+            f"{i} ||| {text} ||| {score:.4f}"
+            for i, r in enumerate(results)
+            for text, score in (r.nbest or [(r.text, r.score)])
+        ]
     else:
-        sys.stdout.write("".join(r.text + "\n" for r in results))
+        lines = [r.text for r in results]
+    if args.output:
+        _write_lines(args.output, lines)
+    else:
+        sys.stdout.write("".join(line + "\n" for line in lines))
     if args.attention:
-        from seq2seq.viz import plot_attention
+        _plot_attention(results, Path(args.attention))
 
-        for i, r in enumerate(results):
-            if r.attention is None:  # an empty input line: nothing was decoded
-                continue
-            plot_attention(
-                r.attention,
-                r.src_tokens,
-                r.out_tokens,
-                Path(args.attention) / f"{i:05d}.png",
-                title=r.text,
-            )
+
+def _plot_attention(results, directory: Path) -> None:
+    from seq2seq.viz import plot_attention
+
+    for i, r in enumerate(results):
+        if r.attention is None:  # an empty input line: nothing was decoded
+            continue
+        plot_attention(
+            r.attention, r.src_tokens, r.out_tokens, directory / f"{i:05d}.png", title=r.text
+        )
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from seq2seq.data.corpus import read_lines
+    from seq2seq.inference import Translator
+
+    srcs, tgts = read_lines(args.src), read_lines(args.tgt)
+    if len(srcs) != len(tgts):
+        raise DataError(f"{args.src} has {len(srcs)} lines but {args.tgt} has {len(tgts)}")
+    _check_writable(args.output)
+    translator = Translator.from_run(
+        args.run_dir, args.checkpoint or "best", args.device, _decode_overrides(args)
+    )
+    lines = [
+        f"{value:.4f}\t{count}\t{value / count if count else float('nan'):.4f}"
+        for value, count in translator.score(srcs, tgts)
+    ]
+    if args.output:
+        _write_lines(args.output, lines)
+    else:
+        sys.stdout.write("".join(line + "\n" for line in lines))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from seq2seq.export import export_ctranslate2
+
+    if len(args.checkpoint or []) > 1:
+        raise ConfigError("export takes one --checkpoint")
+    out = export_ctranslate2(args.run_dir, args.out, (args.checkpoint or ["best"])[0])
+    print(f"exported {args.run_dir} to {out}; decode it with:")
+    print(f"  seq2seq translate {out} --engine ctranslate2 [--quantize int8]")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from seq2seq.data.corpus import read_lines
-    from seq2seq.inference import Translator
 
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = sorted(set(names) - set(metrics_lib.METRICS))
@@ -111,7 +198,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if len(srcs) != len(refs):
         raise DataError(f"{args.src} has {len(srcs)} lines but {args.ref} has {len(refs)}")
     _check_writable(args.hyp_out)
-    translator = Translator.from_run(args.run_dir, args.checkpoint, args.device)
+    translator = _translator(args)
     hyps = [r.text for r in translator.translate(srcs, progress=True)]
     if args.hyp_out:
         _write_lines(args.hyp_out, hyps)
@@ -143,18 +230,45 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.out), max_time=args.max_time)
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, ensembles: bool = True) -> None:
     p.add_argument("run_dir", help="a run directory written by 'seq2seq train'")
     p.add_argument(
         "--checkpoint",
-        default="best",
-        help="best (default), last, averaged, or a path to a .safetensors checkpoint",
+        action="append",
+        help="best (default), last, averaged, or a path to a .safetensors checkpoint"
+        + (
+            "; repeat it to decode an ensemble (a run directory adds its best)" if ensembles else ""
+        ),
     )
     p.add_argument(
         "--device",
         default="auto",
         choices=("auto", "cpu", "cuda"),
         help="auto (default), cpu or cuda",
+    )
+
+
+def _add_decode_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("decoding (overrides the run's decode settings)")
+    g.add_argument("--beam", type=_positive, metavar="K", help="beam search with K hypotheses")
+    g.add_argument("--nbest", type=_positive, metavar="N", help="output N hypotheses (beam)")
+    g.add_argument("--sample", action="store_true", help="sample instead of searching")
+    g.add_argument("--seed", type=int, help="random seed of --sample (reproducible output)")
+    g.add_argument("--quantize", choices=("none", "int8"), help="int8: quantized linears (CPU)")
+    g.add_argument("--precision", choices=("fp32", "bf16"), help="inference arithmetic")
+    g.add_argument(
+        "--engine",
+        choices=("native", "ctranslate2"),
+        default="native",
+        help="ctranslate2: decode a 'seq2seq export' directory with CTranslate2",
+    )
+    g.add_argument(
+        "-d",
+        "--decode",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any decode setting, e.g. -d length_penalty=0.6 -d top_p=0.9 -d min_len=3",
     )
 
 
@@ -186,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", help="input file, one sentence a line (default: stdin)")
     p.add_argument("-o", "--output", help="output file (default: stdout)")
     p.add_argument("--attention", metavar="DIR", help="write one attention heatmap per sentence")
+    _add_decode_args(p)
     p.set_defaults(func=cmd_translate)
 
     p = sub.add_parser("evaluate", help="translate a test set and score it")
@@ -199,7 +314,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--hyp-out", help="also write the system outputs to this file")
+    _add_decode_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "score", help="log-likelihood of each (source, target) pair (forced decoding)"
+    )
+    _add_model_args(p)
+    p.add_argument("--src", required=True, help="source sentences, one a line")
+    p.add_argument("--tgt", required=True, help="target sentences, line-aligned")
+    p.add_argument(
+        "-o", "--output", help="output file (default: stdout): log-prob, tokens, per token"
+    )
+    p.add_argument("--precision", choices=("fp32", "bf16"), help="inference arithmetic")
+    p.add_argument("--quantize", choices=("none", "int8"), help="int8: quantized linears (CPU)")
+    p.set_defaults(func=cmd_score, beam=None, nbest=None, sample=False, seed=None, decode=[])
+
+    p = sub.add_parser("export", help="export a Transformer run to another inference engine")
+    _add_model_args(p, ensembles=False)
+    p.add_argument("--format", choices=("ctranslate2",), default="ctranslate2")
+    p.add_argument("out", help="output directory (must not exist)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("average", help="average the weights of the last N checkpoints")
     p.add_argument("run_dir", help="a run directory written by 'seq2seq train'")

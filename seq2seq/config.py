@@ -112,7 +112,7 @@ class DecodeConfig:
     """How text is generated at validation and inference time."""
 
     method: Literal["greedy", "beam", "sample"] = "greedy"  # search algorithm
-    batch_tokens: int = _opt(8000, lo=1)  # source tokens per decoding batch
+    batch_tokens: int = _opt(8000, lo=1)  # source tokens x hypotheses per decoding batch
     max_len_a: float = _opt(1.5, lo=0.0)  # output limit: a * source length + b
     max_len_b: int = _opt(10, lo=0)  # see max_len_a
     min_len: int = _opt(0, lo=0)  # no EOS before this many output tokens
@@ -125,7 +125,7 @@ class DecodeConfig:
     top_k: int = _opt(0, lo=0)  # sample: from the k most likely; 0 = all
     top_p: float = _opt(1.0, lo=1e-6, hi=1.0)  # sample: from the smallest set with mass p
     seed: int | None = None  # sample: random seed (None: a fresh draw each time)
-    precision: Literal["fp32", "bf16"] = "fp32"  # inference arithmetic (bf16: autocast)
+    precision: Literal["fp32", "bf16"] = "fp32"  # inference arithmetic (bf16: weights too)
     quantize: Literal["none", "int8"] = "none"  # int8: dynamic quantization of linears (CPU)
 
 

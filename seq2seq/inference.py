@@ -9,7 +9,7 @@ linear layers quantized to int8.
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from seq2seq.checkpoint import load_checkpoint, restore_model
-from seq2seq.config import Config, DecodeConfig, parse_config
+from seq2seq.config import Config, DecodeConfig, from_dict, parse_config, to_dict
 from seq2seq.data.batching import Examples, collate, token_batches
 from seq2seq.data.prepare import load_codecs
 from seq2seq.data.tokenizers import TextCodec
@@ -80,7 +80,8 @@ class Translator:
 
     def __init__(self, model, src_codec: TextCodec, tgt_codec: TextCodec, decode: DecodeConfig):
         self.src_codec, self.tgt_codec, self.decode = src_codec, tgt_codec, decode
-        self.model = quantize_int8(model) if decode.quantize == "int8" else model
+        self.base_model = model
+        self.model = _for_inference(model, decode)
         self.rules = Rules(
             bos=BOS,
             eos=EOS,
@@ -125,6 +126,8 @@ class Translator:
         if not names:
             raise ConfigError("no checkpoint given")
         cfg, model, codecs = load_run(run_dir, names[0])
+        if names[0] not in CHECKPOINTS:  # a file of another run must share the vocabularies
+            model = _load_member(run_dir, names[0], codecs)
         models = [model] + [_load_member(run_dir, name, codecs) for name in names[1:]]
         if decode:
             cfg = cfg.replace(decode=decode)
@@ -134,6 +137,20 @@ class Translator:
         joined = models[0] if len(models) == 1 else Ensemble(models)
         joined.to(target).eval()
         return cls(joined, *codecs, cfg.decode)
+
+    def configure(self, **decode) -> Translator:
+        """A Translator over the same weights with some decode settings changed,
+        e.g. ``configure(method="beam", beam_size=5)``.
+
+        Raises:
+            ConfigError: an unknown or invalid setting.
+        """
+        if not decode:
+            return self
+        raw = {**to_dict(Config(decode=self.decode))["decode"], **decode}
+        return Translator(
+            self.base_model, self.src_codec, self.tgt_codec, from_dict({"decode": raw}).decode
+        )
 
     @torch.no_grad()
     def translate(
@@ -150,17 +167,19 @@ class Translator:
         real = [i for i, t in enumerate(texts) if t.strip()]
         batches = [
             [real[j] for j in b]
-            for b in token_batches(
-                Examples([examples.src[i] for i in real], []), self.decode.batch_tokens
-            )
+            for b in token_batches(Examples([examples.src[i] for i in real], []), self._budget())
         ]
-        with self._precision():
-            for index in tqdm(batches, disable=not progress, unit="batch", leave=False):
-                src = collate(examples, index).src.to(self.device)
-                for i, hyps in zip(index, self.search(src, attention), strict=True):
-                    results[i] = self._finish(examples.src[i], hyps)
+        for index in tqdm(batches, disable=not progress, unit="batch", leave=False):
+            src = collate(examples, index).src.to(self.device)
+            for i, hyps in zip(index, self.search(src, attention), strict=True):
+                results[i] = self._finish(examples.src[i], hyps)
         self.model.train(was_training)
         return results
+
+    def _budget(self) -> int:
+        """Source tokens per batch: a beam decodes ``beam_size`` rows per sentence."""
+        size = self.decode.beam_size if self.decode.method == "beam" else 1
+        return max(1, self.decode.batch_tokens // size)
 
     def search(self, src: torch.Tensor, attention: bool = False) -> list[list[Hypothesis]]:
         """Run the configured search on padded source ids; hypotheses per row, best first."""
@@ -200,11 +219,6 @@ class Translator:
                 self.generator.manual_seed(self.decode.seed)
         return self.generator
 
-    def _precision(self):
-        if self.decode.precision != "bf16":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
-
     def _banned_ids(self, pieces: tuple[str, ...]) -> list[int]:
         vocab = self.tgt_codec.vocab
         ids = []
@@ -237,25 +251,28 @@ class Translator:
         texts = [(self.tgt_codec.decode(h.tokens), h.score) for h in hyps]
         return Translation(texts[0][0], best.score, src_tokens, out_tokens, weights, texts)
 
-    def score(self, sources: list[str], targets: list[str]) -> list[float]:
-        """Each pair's log-likelihood ``log p(target | source)`` (forced decoding, EOS
-        included), in input order; an empty source or target scores ``nan``."""
+    def score(self, sources: list[str], targets: list[str]) -> list[tuple[float, int]]:
+        """Forced decoding: each pair's ``(log p(target | source), target tokens)``, the
+        count including EOS, in input order. An empty source or target gives ``(nan, 0)``.
+        """
         src_ids = [self._encode(t) for t in sources]
         tgt_ids = [self.tgt_codec.encode(t) for t in targets]
         real = [i for i, (s, t) in enumerate(zip(src_ids, tgt_ids, strict=True)) if s and t]
-        out = [float("nan")] * len(sources)
+        out = [(float("nan"), 0)] * len(sources)
         pairs = Examples([src_ids[i] for i in real], [tgt_ids[i] for i in real])
-        with self._precision():
-            for index in token_batches(pairs, self.decode.batch_tokens):
-                batch = collate(pairs, index)
-                values = forced_score(
-                    self.model,
-                    batch.src.to(self.device),
-                    batch.tgt_in.to(self.device),
-                    batch.tgt_out.to(self.device),
-                )
-                for j, value in zip(index, values, strict=True):
-                    out[real[j]] = value
+        was_training = self.model.training
+        self.model.eval()
+        for index in token_batches(pairs, self.decode.batch_tokens):
+            batch = collate(pairs, index)
+            values = forced_score(
+                self.model,
+                batch.src.to(self.device),
+                batch.tgt_in.to(self.device),
+                batch.tgt_out.to(self.device),
+            )
+            for j, value in zip(index, values, strict=True):
+                out[real[j]] = (value, len(pairs.tgt[j]) + 1)
+        self.model.train(was_training)
         return out
 
     def __call__(self, texts: list[str]) -> list[str]:
@@ -284,16 +301,37 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"):
 
 
 def _load_member(run_dir: str | Path, checkpoint: str, codecs) -> Seq2SeqModel:
-    """Another ensemble member: a checkpoint name or path of ``run_dir``, or another run
-    directory (its best checkpoint) with the same vocabularies."""
+    """Another ensemble member: a checkpoint of ``run_dir`` (a name, or a file path), a
+    checkpoint file inside another run directory, or another run directory (its best
+    checkpoint). Its run's vocabularies must be those of ``run_dir``."""
     path = Path(checkpoint)
-    other = path if path.is_dir() else Path(run_dir)
-    _, model, (src_codec, tgt_codec) = load_run(other, "best" if path.is_dir() else checkpoint)
+    if checkpoint in CHECKPOINTS:
+        source, name = Path(run_dir), checkpoint
+    elif path.is_dir():
+        source, name = path, "best"
+    else:  # a file: judged by the run directory it lies in, if any
+        in_run = (path.parent / "config.yaml").is_file()
+        source, name = (path.parent if in_run else Path(run_dir)), checkpoint
+    _, model, (src_codec, tgt_codec) = load_run(source, name)
     if src_codec.vocab != codecs[0].vocab or tgt_codec.vocab != codecs[1].vocab:
         raise CheckpointError(
-            f"{checkpoint}: its vocabularies differ from those of {run_dir}; "
+            f"{checkpoint}: its vocabularies (from {source}) differ from those of {run_dir}; "
             "ensemble members must share them"
         )
+    return model
+
+
+def _for_inference(model: torch.nn.Module, decode: DecodeConfig) -> torch.nn.Module:
+    """The model as ``decode`` asks to run it: as is, int8-quantized, or in bf16.
+
+    The given model is never changed: int8 and bf16 work on a copy.
+    """
+    if decode.quantize == "int8":
+        if next(model.parameters()).device.type != "cpu":
+            raise ConfigError("decode.quantize: int8 runs on the CPU only (use --device cpu)")
+        return quantize_int8(model)
+    if decode.precision == "bf16":
+        return copy.deepcopy(model).to(torch.bfloat16)
     return model
 
 
@@ -308,7 +346,7 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
         ) from None
     with warnings.catch_warnings():  # deprecated upstream in favour of torchao
         warnings.simplefilter("ignore")
-        return quantize_dynamic(model.cpu(), {torch.nn.Linear}, dtype=torch.qint8)
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)  # a copy
 
 
 def _checkpoint_path(run_dir: Path, checkpoint: str) -> Path:

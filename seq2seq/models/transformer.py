@@ -182,10 +182,20 @@ class DecoderLayer(nn.Module):
         self.ff = FeedForward(dim, ff_dim, dropout)
         self.sub = nn.ModuleList(Sublayer(dim, dropout, pre_norm) for _ in range(3))
 
-    def forward(self, x, memory_kv, mask, cache: list | None = None, weights: list | None = None):
+    def forward(
+        self,
+        x,
+        memory_kv,
+        mask,
+        cache: list | None = None,
+        weights: list | None = None,
+        group: int = 1,
+    ):
         """Full sequence (``cache`` None, causal) or one new position appended to ``cache``.
 
-        With a ``weights`` list, the cross-attention weights are appended to it.
+        With a ``weights`` list, the cross-attention weights are appended to it. With
+        ``group > 1`` (incremental decoding), each run of ``group`` rows of ``x`` shares
+        one row of the memory: they attend to it as ``group`` queries of one sequence.
         """
 
         def self_attend(h):
@@ -198,11 +208,14 @@ class DecoderLayer(nn.Module):
             return self.self_attn(h, k, v)
 
         def cross_attend(h):
+            rows = h.shape[:2]
+            if group > 1:  # [sources * group, 1, dim] -> [sources, group, dim]
+                h = h.reshape(-1, group, h.size(-1))
             if weights is None:
-                return self.cross_attn(h, *memory_kv, mask=mask)
+                return self.cross_attn(h, *memory_kv, mask=mask).reshape(*rows, -1)
             out, w = self.cross_attn.with_weights(h, *memory_kv, mask)
-            weights.append(w)
-            return out
+            weights.append(w.reshape(*rows, -1))
+            return out.reshape(*rows, -1)
 
         x = self.sub[0](x, self_attend)
         x = self.sub[1](x, cross_attend)
@@ -211,12 +224,37 @@ class DecoderLayer(nn.Module):
 
 @dataclass
 class TransformerState:
-    """Incremental decoding state; tensors have the batch first."""
+    """Incremental decoding state.
 
-    memory_kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: [batch, heads, src, dh] x2
-    cache: list[list[torch.Tensor]]  # per layer: [k, v] of the positions so far
-    mask: torch.Tensor  # [batch, 1, 1, src_len], True at real source positions
+    The memory (cross-attention keys/values and source mask) has one row per source
+    sentence; the decoder rows come in runs of ``group`` rows per source (a beam), so
+    reordering hypotheses within their beams never copies the memory.
+    """
+
+    memory_kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: [sources, heads, src, dh] x2
+    cache: list[
+        list[torch.Tensor]
+    ]  # per layer: [k, v] [rows, heads, t, dh] of the positions so far
+    mask: torch.Tensor  # [sources, 1, 1, src_len], True at real source positions
     position: int = 0
+    group: int = 1  # decoder rows per source row
+
+
+def _regroup(index: torch.Tensor, group: int) -> tuple[torch.Tensor, int]:
+    """The memory rows and group size after selecting decoder rows ``index``.
+
+    Returns ``(sources, new_group)``: the new decoder rows come in runs of
+    ``new_group`` rows that share memory row ``sources[i]``.
+    """
+    source = torch.div(index, group, rounding_mode="floor") if group > 1 else index
+    n = source.numel()
+    runs = int(source[1:].ne(source[:-1]).sum()) + 1 if n else 0
+    if runs and n % runs == 0 and n > runs:
+        size = n // runs
+        blocks = source.view(runs, size)
+        if bool(blocks.eq(blocks[:, :1]).all()):
+            return blocks[:, 0], size
+    return source, 1
 
 
 class TransformerSeq2Seq(Seq2SeqModel):
@@ -264,26 +302,35 @@ class TransformerSeq2Seq(Seq2SeqModel):
         )
 
     def step(self, prev_tokens: torch.Tensor, state: TransformerState):
-        x = self.tgt_embed(prev_tokens.unsqueeze(1), start=state.position)  # [batch, 1, dim]
+        x = self.tgt_embed(prev_tokens.unsqueeze(1), start=state.position)  # [rows, 1, dim]
         weights: list[torch.Tensor] = []
         cache = [list(c) for c in state.cache]  # a new state: the given one stays valid
         last = len(self.decoder) - 1
         for i, (layer, kv, c) in enumerate(zip(self.decoder, state.memory_kv, cache, strict=True)):
             # The last layer's cross-attention is returned for inspection (attention plots).
-            x = layer(x, kv, state.mask, c, weights if i == last else None)
+            x = layer(x, kv, state.mask, c, weights if i == last else None, state.group)
         log_probs = torch.log_softmax(self.out(self.dec_norm(x)).squeeze(1).float(), dim=-1)
-        new_state = TransformerState(state.memory_kv, cache, state.mask, state.position + 1)
-        return log_probs, new_state, weights[0].squeeze(1)  # [batch, src_len]
+        new_state = TransformerState(
+            state.memory_kv, cache, state.mask, state.position + 1, state.group
+        )
+        return log_probs, new_state, weights[0].squeeze(1)  # [rows, src_len]
 
     def reorder(self, state: TransformerState, index: torch.Tensor) -> TransformerState:
-        def pick(t):
-            return t.index_select(0, index)
-
+        sources, group = _regroup(index, state.group)
+        memory_kv, mask = state.memory_kv, state.mask
+        if sources.numel() != mask.size(0) or not torch.equal(
+            sources, torch.arange(mask.size(0), device=sources.device)
+        ):
+            memory_kv = [
+                (k.index_select(0, sources), v.index_select(0, sources)) for k, v in memory_kv
+            ]
+            mask = mask.index_select(0, sources)
         return TransformerState(
-            memory_kv=[(pick(k), pick(v)) for k, v in state.memory_kv],
-            cache=[[pick(t) for t in c] for c in state.cache],
-            mask=pick(state.mask),
+            memory_kv=memory_kv,
+            cache=[[t.index_select(0, index) for t in c] for c in state.cache],
+            mask=mask,
             position=state.position,
+            group=group,
         )
 
     def features(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:

@@ -140,7 +140,7 @@ def _score(beams: _Beams, log_probs: torch.Tensor, rules: Rules, t: int) -> _Can
     """The 2k best continuations per sentence of the expanded beam."""
     live, k = beams.scores.shape
     vocab = log_probs.size(-1)
-    total = (beams.scores.view(-1, 1) + log_probs).view(live, k * vocab)
+    total = log_probs.add_(beams.scores.view(-1, 1)).view(live, k * vocab)  # in place
     scores, index = total.topk(min(2 * k, k * vocab), dim=1)
     token = index % vocab
     ending = token.eq(rules.eos) | beams.limits.le(t + 1).unsqueeze(1)

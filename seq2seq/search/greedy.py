@@ -29,7 +29,8 @@ def greedy(model, src: torch.Tensor, rules: Rules, *, keep_attention: bool = Fal
     Returns:
         One :class:`Hypothesis` per source row, in input order.
     """
-    return _generate(model, src, rules, lambda lp: lp.argmax(dim=-1), keep_attention)
+    # max() rather than argmax(): the same ids, and several times faster on CPU.
+    return _generate(model, src, rules, lambda lp: lp.max(dim=-1).indices, keep_attention)
 
 
 @torch.no_grad()

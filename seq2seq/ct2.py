@@ -1,0 +1,275 @@
+"""Translate with a CTranslate2 export, through the native Translator's interface.
+
+:class:`CTranslate2Translator` reads a directory written by
+:func:`seq2seq.export.export_ctranslate2` and decodes with CTranslate2's CPU/GPU
+runtime, using the run's own tokenizers: ``seq2seq translate EXPORT --engine ctranslate2``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from seq2seq.config import DecodeConfig, parse_config
+from seq2seq.data.prepare import load_codecs
+from seq2seq.data.tokenizers import TextCodec
+from seq2seq.data.vocab import BOS, EOS, PAD, SPECIALS, UNK
+from seq2seq.errors import CheckpointError, ConfigError
+from seq2seq.export import CONFIG_FILE, MODEL_FILE, _ctranslate2
+from seq2seq.inference import Translation
+
+log = logging.getLogger("seq2seq")
+
+
+class CTranslate2Translator:
+    """Translates raw text with a CTranslate2 export, like the native Translator.
+
+    The same searches on another engine; what differs from native decoding:
+
+    * arithmetic: CTranslate2's kernels and ``compute_type`` (int8 by default); in
+      float32 the outputs equal native ones except at near-ties;
+    * scores: CTranslate2 masks forbidden tokens (padding, BOS, ``decode.banned``, EOS
+      before ``min_len``, repeated n-grams) before its softmax, so each token's
+      log-probability is renormalized over the allowed ones, where native search sums
+      the model's own log-probabilities. They differ by the masked probability mass:
+      negligible for padding and BOS once a model is trained;
+    * beam search ranks (and scores) by ``log_prob / length ** length_penalty``, with
+      ``length`` counting the EOS, not by GNMT's ``((5 + length) / 6) ** alpha``, and
+      with a nonzero penalty searches until ``beam_size`` hypotheses have finished;
+      with ``length_penalty: 0`` both rank by the summed log-probability;
+    * sampling filters alike (top-k, temperature, then top-p on the tempered
+      distribution) but draws CTranslate2's random numbers: as natively, a seed makes a
+      run reproducible (successive calls continue one random stream), but the samples
+      differ from native ones. CTranslate2's seed is process-wide, so two sampling
+      translators should not start drawing at the same time.
+
+    The output limit ``floor(a * |src| + b)`` is exact per sentence: sentences are
+    decoded in groups sharing one limit, since CTranslate2 takes one per call.
+
+    Args:
+        translator: a ``ctranslate2.Translator`` of an export.
+        src_codec, tgt_codec: tokenizer + vocabulary of each side.
+        decode: search settings.
+        max_positions: the model's longest sequence (``model.max_positions``).
+    """
+
+    def __init__(
+        self,
+        translator: Any,
+        src_codec: TextCodec,
+        tgt_codec: TextCodec,
+        decode: DecodeConfig,
+        max_positions: int,
+    ):
+        self.translator, self.src_codec, self.tgt_codec = translator, src_codec, tgt_codec
+        self.decode, self.max_positions = decode, max_positions
+        self._banned = self._banned_pieces()
+        self._seed: int | None = secrets.randbits(32) if decode.seed is None else decode.seed
+
+    @property
+    def has_attention(self) -> bool:
+        return True
+
+    @classmethod
+    def from_export(
+        cls,
+        export_dir: str | Path,
+        decode: DecodeConfig | dict | None = None,
+        device: str = "cpu",
+        compute_type: str = "int8",
+        threads: int = 0,
+    ) -> CTranslate2Translator:
+        """Load a directory written by :func:`export_ctranslate2`.
+
+        Args:
+            export_dir: the export.
+            decode: search settings, or overrides of the exported run's ``decode``
+                section (``{"method": "beam"}``); that section when None. Its
+                ``precision`` and ``quantize`` are native settings: CTranslate2's
+                arithmetic is ``compute_type``.
+            device: ``cpu``, ``cuda`` or ``auto``.
+            compute_type: CTranslate2's arithmetic: ``int8``, ``float32``, ``int8_float16``...
+            threads: CPU threads per translation; 0 lets CTranslate2 choose.
+
+        Raises:
+            CheckpointError: ``export_dir`` is not a usable export.
+            ConfigError: ctranslate2 is missing, the device or compute type is unusable,
+                or a banned piece is not in the target vocabulary.
+        """
+        ct2 = _ctranslate2()
+        export_dir = Path(export_dir)
+        if not (export_dir / MODEL_FILE).is_file():
+            raise CheckpointError(
+                f"{export_dir}: not a CTranslate2 export (no {MODEL_FILE}); create one with "
+                "seq2seq.export.export_ctranslate2(RUN_DIR, OUT_DIR)"
+            )
+        cfg = _read_config(export_dir / CONFIG_FILE)
+        if not isinstance(decode, DecodeConfig):
+            decode = cfg.replace(decode=decode).decode if decode else cfg.decode
+        codecs = load_codecs(cfg.data, export_dir)
+        translator = _load_translator(ct2, export_dir, device, compute_type, threads)
+        return cls(translator, *codecs, decode, cfg.model.max_positions)
+
+    def __call__(self, texts: list[str]) -> list[str]:
+        return [t.text for t in self.translate(texts)]
+
+    def translate(
+        self, texts: list[str], *, attention: bool = False, progress: bool = False
+    ) -> list[Translation]:
+        """Translate raw sentences; outputs come back in input order.
+
+        Empty or whitespace-only inputs give empty outputs (line alignment is kept).
+        With ``attention``, each output carries the last decoder layer's cross-attention
+        (head average), ``[out tokens (+ </s>), source tokens + </s>]``.
+        """
+        options = self._options(attention)
+        if self.decode.method == "sample" and self._seed is not None:
+            # CTranslate2 seeds its worker thread's generator at the thread's first draw,
+            # from the process-wide seed; later calls continue that stream.
+            _ctranslate2().set_random_seed(self._seed % 2**32)
+            self._seed = None
+        results = [Translation("", 0.0, [], []) for _ in texts]
+        pieces = {i: self._pieces(t) for i, t in enumerate(texts) if t.strip()}
+        groups = self._groups(pieces)
+        for limit, index in tqdm(groups, disable=not progress, unit="group", leave=False):
+            batch = [pieces[i] for i in index]
+            for i, out in zip(index, self._run(batch, limit, options), strict=True):
+                results[i] = self._finish(pieces[i], out, attention)
+        return results
+
+    # ------------------------------------------------------------------ steps
+
+    def _banned_pieces(self) -> list[str]:
+        """Padding and BOS, as natively, and ``decode.banned``, which must be known pieces."""
+        vocab = self.tgt_codec.vocab
+        for piece in self.decode.banned:
+            if vocab.index(piece) == UNK and piece != SPECIALS[UNK]:
+                raise ConfigError(f"decode.banned: {piece!r} is not in the target vocabulary")
+        return list(dict.fromkeys([SPECIALS[PAD], SPECIALS[BOS], *self.decode.banned]))
+
+    def _pieces(self, text: str) -> list[str]:
+        """Source pieces, without EOS (the export's config adds it), cut to fit the model."""
+        ids = self.src_codec.encode(text)
+        if len(ids) + 1 > self.max_positions:
+            log.warning(
+                "a source of %d tokens is cut to the model's %d positions",
+                len(ids) + 1,
+                self.max_positions,
+            )
+            ids = ids[: self.max_positions - 1]
+        vocab = self.src_codec.vocab
+        return [vocab.piece(i) for i in ids]
+
+    def _groups(self, pieces: dict[int, list[str]]) -> list[tuple[int, list[int]]]:
+        """Sentences grouped by output limit ``floor(a * |src + EOS| + b)``, as native search."""
+        index = sorted(pieces, key=lambda i: len(pieces[i]))
+        lengths = torch.tensor([len(pieces[i]) + 1 for i in index], dtype=torch.float32)
+        limits = (lengths * self.decode.max_len_a + self.decode.max_len_b).floor().long()
+        limits = limits.clamp(max=self.max_positions - 1).clamp(min=1).tolist()  # BOS takes one
+        groups: dict[int, list[int]] = {}
+        for i, limit in zip(index, limits, strict=True):
+            groups.setdefault(limit, []).append(i)
+        return sorted(groups.items())
+
+    def _options(self, attention: bool) -> dict[str, Any]:
+        """``translate_batch`` keywords for this translator's search settings."""
+        d = self.decode
+        options: dict[str, Any] = {
+            "max_batch_size": d.batch_tokens,
+            "batch_type": "tokens",
+            "max_input_length": 0,  # sources are cut to the model's positions in _pieces
+            "return_scores": True,
+            "return_end_token": True,  # so EOS gets its attention row, as natively
+            "return_attention": attention,
+            "no_repeat_ngram_size": d.no_repeat_ngram,
+            "suppress_sequences": [[piece] for piece in self._banned],
+            "beam_size": 1,
+            "length_penalty": 0.0,  # greedy and sampling: the plain sum of log-probs
+        }
+        if d.method == "beam":
+            options.update(
+                beam_size=d.beam_size, num_hypotheses=d.n_best, length_penalty=d.length_penalty
+            )
+            if attention:  # CTranslate2 4.8 mixes up the first attention row across a batch
+                options.update(max_batch_size=1, batch_type="examples")
+        elif d.method == "sample":
+            options.update(
+                sampling_topk=d.top_k,  # 0: the whole vocabulary, as natively
+                sampling_topp=d.top_p,
+                sampling_temperature=d.temperature,
+            )
+        return options
+
+    def _run(self, batch: list[list[str]], limit: int, options: dict) -> list:
+        try:
+            return self.translator.translate_batch(
+                batch,
+                max_decoding_length=limit,
+                min_decoding_length=min(self.decode.min_len, limit),
+                **options,
+            )
+        except (RuntimeError, ValueError) as err:
+            raise ConfigError(f"CTranslate2 cannot decode with these settings: {err}") from None
+
+    def _finish(self, src_pieces: list[str], out: Any, attention: bool) -> Translation:
+        """One result as the native Translator shapes it (see ``Translator._finish``)."""
+        hyps = [self._text(pieces) for pieces in out.hypotheses]
+        nbest = [(text, float(score)) for (text, _), score in zip(hyps, out.scores, strict=True)]
+        tokens = hyps[0][1]
+        out_tokens, src_tokens = tokens + [SPECIALS[EOS]], src_pieces + [SPECIALS[EOS]]
+        weights = None
+        if attention:
+            steps = len(out.hypotheses[0])  # EOS included when produced
+            weights = _with_eos_column(out.attention[0], steps, len(src_pieces))
+            weights = weights[: len(out_tokens)]
+            out_tokens = out_tokens[: weights.size(0)]
+        return Translation(nbest[0][0], nbest[0][1], src_tokens, out_tokens, weights, nbest)
+
+    def _text(self, pieces: list[str]) -> tuple[str, list[str]]:
+        """Detokenized text and pieces of one hypothesis (its EOS dropped)."""
+        if pieces and pieces[-1] == SPECIALS[EOS]:
+            pieces = pieces[:-1]
+        vocab = self.tgt_codec.vocab
+        return self.tgt_codec.decode([vocab.index(p) for p in pieces]), list(pieces)
+
+
+def _with_eos_column(rows: list[list[float]], steps: int, src_len: int) -> torch.Tensor:
+    """``[steps, src_len + 1]`` weights from CTranslate2's ``[steps, >= src_len]`` rows.
+
+    CTranslate2 leaves out the column of the source EOS it adds itself; each row is a
+    softmax over all source positions, so that column is what the others leave of 1.
+    """
+    weights = torch.tensor(rows, dtype=torch.float32).reshape(steps, -1)[:, :src_len]
+    eos = (1.0 - weights.sum(1, keepdim=True)).clamp(min=0.0)
+    return torch.cat([weights, eos], dim=1)
+
+
+def _read_config(path: Path):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path.parent}: an incomplete export (no {path.name})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: unreadable ({err})") from None
+    return parse_config(text, str(path))
+
+
+def _load_translator(ct2: Any, path: Path, device: str, compute_type: str, threads: int) -> Any:
+    """``ctranslate2.Translator(path)``, its errors told as a user's mistakes."""
+    if device == "cuda" and ct2.get_cuda_device_count() == 0:
+        raise ConfigError("device 'cuda' was asked for, but CTranslate2 sees no CUDA GPU")
+    try:
+        return ct2.Translator(
+            str(path), device=device, compute_type=compute_type, intra_threads=threads
+        )
+    except ValueError as err:  # an unknown device, or a compute type the machine lacks
+        raise ConfigError(
+            f"CTranslate2 on {device!r} with compute type {compute_type!r}: {err}"
+        ) from None
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: CTranslate2 cannot load it: {err}") from None
