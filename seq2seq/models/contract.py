@@ -1,7 +1,7 @@
 """The model contract: the only surface that decoding code may use.
 
 Every model family (the recurrent encoder-decoder and the Transformer) implements
-it, so decoding (greedy search now; beam search and sampling to come) is written once
+it, so decoding (greedy search, sampling, beam search, ensembles) is written once
 and never asks which family it holds:
 
 * ``encode(src)`` runs the encoder once and returns an :class:`Encoded`;
@@ -79,7 +79,8 @@ class Seq2SeqModel(nn.Module, abc.ABC):
             state: the state returned by :meth:`init_state` or the previous step.
 
         Returns:
-            ``(log_probs [batch, tgt_vocab], new_state, attention [batch, src_len] or None)``.
+            ``(log_probs [batch, tgt_vocab], new_state, attention [batch, src_len] or None)``;
+            the log-probabilities have the model's floating dtype (bf16 for a bf16 copy).
         """
 
     @abc.abstractmethod

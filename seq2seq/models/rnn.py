@@ -233,7 +233,8 @@ class RNNSeq2Seq(Seq2SeqModel):
     def step(self, prev_tokens: torch.Tensor, state: RNNState):
         emb = self.decoder.embed(prev_tokens.unsqueeze(1))  # [batch, 1, emb]
         h_tilde, state, attn = self.decoder.step(emb, state)
-        log_probs = torch.log_softmax(self.decoder.logits(h_tilde).squeeze(1).float(), dim=-1)
+        logits = self.decoder.logits(h_tilde).squeeze(1)
+        log_probs = torch.log_softmax(logits, dim=-1)  # bf16 weights give bf16 log-probs
         return log_probs, state, None if attn is None else attn.squeeze(1)
 
     def reorder(self, state: RNNState, index: torch.Tensor) -> RNNState:

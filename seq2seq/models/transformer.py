@@ -309,7 +309,8 @@ class TransformerSeq2Seq(Seq2SeqModel):
         for i, (layer, kv, c) in enumerate(zip(self.decoder, state.memory_kv, cache, strict=True)):
             # The last layer's cross-attention is returned for inspection (attention plots).
             x = layer(x, kv, state.mask, c, weights if i == last else None, state.group)
-        log_probs = torch.log_softmax(self.out(self.dec_norm(x)).squeeze(1).float(), dim=-1)
+        logits = self.out(self.dec_norm(x)).squeeze(1)
+        log_probs = torch.log_softmax(logits, dim=-1)  # bf16 weights give bf16 log-probs
         new_state = TransformerState(
             state.memory_kv, cache, state.mask, state.position + 1, state.group
         )

@@ -137,14 +137,20 @@ def _start(model, src, rules: Rules, k: int, keep_attention: bool) -> _Beams:
 
 
 def _score(beams: _Beams, log_probs: torch.Tensor, rules: Rules, t: int) -> _Candidates:
-    """The 2k best continuations per sentence of the expanded beam."""
+    """The 2k best continuations per sentence of the expanded beam.
+
+    A sentence's 2k best continuations are among the 2k best of each of its rows, so
+    rows are cut to those first: the running scores are added to ``2k`` values per
+    row, never to the whole vocabulary.
+    """
     live, k = beams.scores.shape
-    vocab = log_probs.size(-1)
-    total = log_probs.add_(beams.scores.view(-1, 1)).view(live, k * vocab)  # in place
-    scores, index = total.topk(min(2 * k, k * vocab), dim=1)
-    token = index % vocab
+    width = min(2 * k, log_probs.size(-1))
+    row_best, row_token = log_probs.topk(width, dim=1)  # [live * k, width]
+    total = (beams.scores.view(-1, 1) + row_best.float()).view(live, k * width)
+    scores, index = total.topk(min(2 * k, k * width), dim=1)
+    token = row_token.view(live, k * width).gather(1, index)
     ending = token.eq(rules.eos) | beams.limits.le(t + 1).unsqueeze(1)
-    return _Candidates(scores, torch.div(index, vocab, rounding_mode="floor"), token, ending)
+    return _Candidates(scores, torch.div(index, width, rounding_mode="floor"), token, ending)
 
 
 def _finalize(beams, cands: _Candidates, weights, finished: _Finished, eos, t, alpha) -> None:

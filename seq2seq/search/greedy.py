@@ -58,7 +58,7 @@ def sample(
     """
 
     def choose(log_probs: torch.Tensor) -> torch.Tensor:
-        logits = truncate(log_probs / temperature, top_k, top_p)
+        logits = truncate(log_probs.float() / temperature, top_k, top_p)
         probs = logits.softmax(dim=-1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
@@ -92,7 +92,8 @@ def _generate(model, src, rules: Rules, choose: Chooser, keep_attention: bool):
         log_probs, state, weights = model.step(prev, state)
         rules.apply(log_probs, t, history)
         prev = choose(log_probs)
-        out.record(active.tolist(), prev.tolist(), log_probs.gather(1, prev[:, None]), weights)
+        chosen = log_probs.gather(1, prev[:, None]).float()
+        out.record(active.tolist(), prev.tolist(), chosen, weights)
         if history is not None:
             history = torch.cat([history, prev[:, None]], dim=1)
         done = prev.eq(rules.eos) | limits[active].le(t + 1)
