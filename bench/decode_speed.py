@@ -57,12 +57,7 @@ def make_translator(run: str, decode: dict, engine: str, export_dir: Path | None
         return Translator.from_run(run, "best", "cpu", decode)
     from seq2seq.ct2 import CTranslate2Translator
 
-    compute = {"int8": "int8", "bf16": "bfloat16"}.get(
-        "int8" if decode.get("quantize") == "int8" else decode.get("precision", "fp32"), "float32"
-    )
-    return CTranslate2Translator.from_export(
-        export_dir, decode, device="cpu", compute_type=compute, threads=threads
-    )
+    return CTranslate2Translator.from_export(export_dir, decode, device="cpu", threads=threads)
 
 
 def time_mode(translator, sources: list[str], warmup: int, repeat: int):

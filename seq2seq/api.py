@@ -114,6 +114,12 @@ class Seq2Seq:
             resume: continue from ``out``'s last checkpoint.
         """
         cfg = self.config
+        if cfg.decode.quantize == "int8" and pick_device(cfg.train.device).type != "cpu":
+            raise ConfigError(
+                "decode.quantize: int8 decodes on the CPU only, but train.device is "
+                f"{cfg.train.device!r} on a machine with a GPU: set train.device: cpu or "
+                "quantize at inference time (seq2seq translate --device cpu --quantize int8)"
+            )
         run_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="seq2seq-"))
         _check_run_dir(run_dir, resume)
         train_text, valid_text = _as_text(train, cfg, "train"), _as_text(valid, cfg, "valid")
@@ -208,7 +214,8 @@ class Seq2Seq:
         directory.mkdir(parents=True, exist_ok=True)
         save_config(self.config, directory / "config.yaml")
         copy_codecs(self.config.data, self.run_dir, directory)
-        save_checkpoint(directory / BEST, translator.model, dump_config(self.config))
+        # the trained weights, never an int8 or bf16 inference copy of them
+        save_checkpoint(directory / BEST, translator.base_model, dump_config(self.config))
         return directory
 
     @classmethod

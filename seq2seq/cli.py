@@ -74,18 +74,10 @@ def _translator(args: argparse.Namespace):
             raise ConfigError(
                 "--engine ctranslate2 decodes the one model of an export: drop --checkpoint"
             )
-        return CTranslate2Translator.from_export(
-            args.run_dir, decode, device=args.device, compute_type=_compute_type(decode)
-        )
+        return CTranslate2Translator.from_export(args.run_dir, decode, device=args.device)
     from seq2seq.inference import Translator
 
     return Translator.from_run(args.run_dir, args.checkpoint or "best", args.device, decode)
-
-
-def _compute_type(decode: dict) -> str:
-    if decode.get("quantize") == "int8":
-        return "int8"
-    return "bfloat16" if decode.get("precision") == "bf16" else "float32"
 
 
 def _decode_overrides(args: argparse.Namespace) -> dict:
@@ -96,10 +88,10 @@ def _decode_overrides(args: argparse.Namespace) -> dict:
     if args.beam is not None:
         decode.update(method="beam", beam_size=args.beam)
     if args.nbest is not None:
-        decode.setdefault("method", "beam")
-        decode["n_best"] = args.nbest
-        decode.setdefault("beam_size", max(args.nbest, 5))
+        decode.update(method="beam", n_best=args.nbest)  # n_best <= beam_size is checked
     if args.sample:
+        if args.beam is not None or args.nbest is not None:
+            raise ConfigError("--sample draws one output: it excludes --beam and --nbest")
         decode["method"] = "sample"
     for name in ("seed", "quantize", "precision"):
         if getattr(args, name) is not None:
@@ -126,7 +118,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
     results = translator.translate(
         texts, attention=bool(args.attention), progress=args.input is not None
     )
-    if translator.decode.n_best > 1:  # Moses n-best format: index ||| text ||| score
+    if translator.decode.n_best > 1:  # n-best lines: index ||| text ||| score
         lines = [
             f"{i} ||| {text} ||| {score:.4f}"
             for i, r in enumerate(results)
@@ -251,7 +243,9 @@ def _add_model_args(p: argparse.ArgumentParser, ensembles: bool = True) -> None:
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("decoding (overrides the run's decode settings)")
     g.add_argument("--beam", type=_positive, metavar="K", help="beam search with K hypotheses")
-    g.add_argument("--nbest", type=_positive, metavar="N", help="output N hypotheses (beam)")
+    g.add_argument(
+        "--nbest", type=_positive, metavar="N", help="print N hypotheses a sentence (beam)"
+    )
     g.add_argument("--sample", action="store_true", help="sample instead of searching")
     g.add_argument("--seed", type=int, help="random seed of --sample (reproducible output)")
     g.add_argument("--quantize", choices=("none", "int8"), help="int8: quantized linears (CPU)")

@@ -180,6 +180,10 @@ def _conflicts(cfg: Config) -> list[str]:
             f"decode.n_best={decode.n_best} exceeds decode.beam_size={decode.beam_size}",
         ),
         (
+            decode.quantize == "int8" and decode.precision == "bf16",
+            "decode.quantize: int8 and decode.precision: bf16 exclude each other (pick one)",
+        ),
+        (
             decode.n_best > 1 and decode.method != "beam",
             f"decode.n_best={decode.n_best} needs decode.method: beam",
         ),

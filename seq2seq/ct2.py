@@ -31,8 +31,9 @@ class CTranslate2Translator:
 
     The same searches on another engine; what differs from native decoding:
 
-    * arithmetic: CTranslate2's kernels and ``compute_type`` (int8 by default); in
-      float32 the outputs equal native ones except at near-ties;
+    * arithmetic: CTranslate2's kernels and ``compute_type`` (by default the one the
+      decode settings imply: int8, bf16 or fp32); in float32 the outputs equal native
+      ones except at near-ties;
     * scores: CTranslate2 masks forbidden tokens (padding, BOS, ``decode.banned``, EOS
       before ``min_len``, repeated n-grams) before its softmax, so each token's
       log-probability is renormalized over the allowed ones, where native search sums
@@ -81,7 +82,7 @@ class CTranslate2Translator:
         export_dir: str | Path,
         decode: DecodeConfig | dict | None = None,
         device: str = "cpu",
-        compute_type: str = "int8",
+        compute_type: str | None = None,
         threads: int = 0,
     ) -> CTranslate2Translator:
         """Load a directory written by :func:`export_ctranslate2`.
@@ -93,7 +94,9 @@ class CTranslate2Translator:
                 ``precision`` and ``quantize`` are native settings: CTranslate2's
                 arithmetic is ``compute_type``.
             device: ``cpu``, ``cuda`` or ``auto``.
-            compute_type: CTranslate2's arithmetic: ``int8``, ``float32``, ``int8_float16``...
+            compute_type: CTranslate2's arithmetic: ``int8``, ``float32``, ``int8_float16``...;
+                None follows the decode settings, as natively: ``int8`` for
+                ``quantize: int8``, ``bfloat16`` for ``precision: bf16``, else ``float32``.
             threads: CPU threads per translation; 0 lets CTranslate2 choose.
 
         Raises:
@@ -112,6 +115,8 @@ class CTranslate2Translator:
         if not isinstance(decode, DecodeConfig):
             decode = cfg.replace(decode=decode).decode if decode else cfg.decode
         codecs = load_codecs(cfg.data, export_dir)
+        if compute_type is None:
+            compute_type = compute_type_for(decode)
         translator = _load_translator(ct2, export_dir, device, compute_type, threads)
         return cls(translator, *codecs, decode, cfg.model.max_positions)
 
@@ -170,7 +175,7 @@ class CTranslate2Translator:
         index = sorted(pieces, key=lambda i: len(pieces[i]))
         lengths = torch.tensor([len(pieces[i]) + 1 for i in index], dtype=torch.float32)
         limits = (lengths * self.decode.max_len_a + self.decode.max_len_b).floor().long()
-        limits = limits.clamp(max=self.max_positions - 1).clamp(min=1).tolist()  # BOS takes one
+        limits = limits.clamp(max=self.max_positions).clamp(min=1).tolist()  # as Rules.limits
         groups: dict[int, list[int]] = {}
         for i, limit in zip(index, limits, strict=True):
             groups.setdefault(limit, []).append(i)
@@ -236,6 +241,13 @@ class CTranslate2Translator:
             pieces = pieces[:-1]
         vocab = self.tgt_codec.vocab
         return self.tgt_codec.decode([vocab.index(p) for p in pieces]), list(pieces)
+
+
+def compute_type_for(decode: DecodeConfig) -> str:
+    """CTranslate2's compute type for native decode settings (int8, bf16 or fp32)."""
+    if decode.quantize == "int8":
+        return "int8"
+    return "bfloat16" if decode.precision == "bf16" else "float32"
 
 
 def _with_eos_column(rows: list[list[float]], steps: int, src_len: int) -> torch.Tensor:

@@ -122,7 +122,12 @@ def _write_directory(out_dir: Path, write) -> None:
         write(tmp)
         if out_dir.exists():
             os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:
+            if old.exists():  # put the previous export back
+                os.replace(old, out_dir)
+            raise
     except OSError as err:
         raise DataError(f"cannot write export directory {out_dir}: {err}") from None
     finally:

@@ -78,10 +78,17 @@ class Translator:
             quantization asked for on a GPU.
     """
 
-    def __init__(self, model, src_codec: TextCodec, tgt_codec: TextCodec, decode: DecodeConfig):
+    def __init__(
+        self,
+        model,
+        src_codec: TextCodec,
+        tgt_codec: TextCodec,
+        decode: DecodeConfig,
+        prepared: torch.nn.Module | None = None,
+    ):
         self.src_codec, self.tgt_codec, self.decode = src_codec, tgt_codec, decode
-        self.base_model = model
-        self.model = _for_inference(model, decode)
+        self.base_model = model  # the weights as trained (saved by Seq2Seq.save)
+        self.model = prepared if prepared is not None else _for_inference(model, decode)
         self.rules = Rules(
             bos=BOS,
             eos=EOS,
@@ -125,10 +132,14 @@ class Translator:
         names = [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
         if not names:
             raise ConfigError("no checkpoint given")
-        cfg, model, codecs = load_run(run_dir, names[0])
-        if names[0] not in CHECKPOINTS:  # a file of another run must share the vocabularies
-            model = _load_member(run_dir, names[0], codecs)
-        models = [model] + [_load_member(run_dir, name, codecs) for name in names[1:]]
+        if names[0] in CHECKPOINTS:
+            cfg, model, codecs = load_run(run_dir, names[0])
+            models = [model]
+        else:  # settings and tokenizers from run_dir; the weights may come from elsewhere
+            cfg = _run_settings(run_dir)
+            codecs = load_codecs(cfg.data, Path(run_dir))
+            models = [_load_member(run_dir, names[0], codecs)]
+        models += [_load_member(run_dir, name, codecs) for name in names[1:]]
         if decode:
             cfg = cfg.replace(decode=decode)
         target = pick_device(device)
@@ -148,9 +159,13 @@ class Translator:
         if not decode:
             return self
         raw = {**to_dict(Config(decode=self.decode))["decode"], **decode}
-        return Translator(
-            self.base_model, self.src_codec, self.tgt_codec, from_dict({"decode": raw}).decode
+        settings = from_dict({"decode": raw}).decode
+        same = (settings.quantize, settings.precision) == (
+            self.decode.quantize,
+            self.decode.precision,
         )
+        prepared = self.model if same else None  # int8/bf16 copies are made once
+        return Translator(self.base_model, self.src_codec, self.tgt_codec, settings, prepared)
 
     @torch.no_grad()
     def translate(
@@ -226,6 +241,10 @@ class Translator:
             index = vocab.index(piece)
             if index == UNK and piece != vocab.piece(UNK):
                 raise ConfigError(f"decode.banned: {piece!r} is not in the target vocabulary")
+            if index == EOS:
+                raise ConfigError(
+                    f"decode.banned: {piece!r} ends every output; it cannot be banned"
+                )
             ids.append(index)
         return ids
 
@@ -253,11 +272,25 @@ class Translator:
 
     def score(self, sources: list[str], targets: list[str]) -> list[tuple[float, int]]:
         """Forced decoding: each pair's ``(log p(target | source), target tokens)``, the
-        count including EOS, in input order. An empty source or target gives ``(nan, 0)``.
+        count including EOS, in input order. An empty source or target, or a target longer
+        than the model's positions, gives ``(nan, 0)``.
         """
         src_ids = [self._encode(t) for t in sources]
         tgt_ids = [self.tgt_codec.encode(t) for t in targets]
-        real = [i for i, (s, t) in enumerate(zip(src_ids, tgt_ids, strict=True)) if s and t]
+        limit = self.model.max_positions
+        too_long = [i for i, t in enumerate(tgt_ids) if limit is not None and len(t) + 1 > limit]
+        if too_long:
+            log.warning(
+                "%d targets exceed the model's %d positions and score nan (first: line %d)",
+                len(too_long),
+                limit,
+                too_long[0] + 1,
+            )
+        real = [
+            i
+            for i, (s, t) in enumerate(zip(src_ids, tgt_ids, strict=True))
+            if s and t and (limit is None or len(t) + 1 <= limit)
+        ]
         out = [(float("nan"), 0)] * len(sources)
         pairs = Examples([src_ids[i] for i in real], [tgt_ids[i] for i in real])
         was_training = self.model.training
@@ -298,6 +331,17 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"):
     model = build_model(cfg.model, len(codecs[0].vocab), len(codecs[1].vocab))
     restore_model(model, ckpt)
     return cfg, model, codecs
+
+
+def _run_settings(run_dir: str | Path) -> Config:
+    """The resolved config a run directory was trained with (its ``config.yaml``)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{run_dir}: not a run directory (no config.yaml); train one "
+            "with 'seq2seq train CONFIG --out DIR'"
+        )
+    return parse_config(path.read_text(encoding="utf-8"), str(path))
 
 
 def _load_member(run_dir: str | Path, checkpoint: str, codecs) -> Seq2SeqModel:

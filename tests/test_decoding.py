@@ -664,6 +664,11 @@ def test_cli_decode_errors(runs: dict, src_file: Path, capsys) -> None:
     assert "n_best" in _fails([*argv, "--beam", "2", "--nbest", "3"], capsys)
     assert "'Z'" in _fails([*argv, "-d", "banned=[Z]"], capsys)
     assert "--beam" in _fails([*argv, "--beam", "0"], capsys)
+    assert "excludes --beam" in _fails([*argv, "--sample", "--beam", "3"], capsys)
+    assert "exclude each other" in _fails(
+        [*argv, "--quantize", "int8", "--precision", "bf16"], capsys
+    )
+    assert "cannot be banned" in _fails([*argv, "-d", "banned=['</s>']"], capsys)
     message = _fails(
         ["evaluate", runs["rnn"], "--src", src_file, "--ref", src_file, "-d", "x=1"], capsys
     )
@@ -803,3 +808,30 @@ def test_cuda_decoding_matches_cpu(arch: str, runs: dict, greedy_outputs: dict) 
     expected = Translator.from_run(runs[arch], device="cpu").score(SOURCES, TARGETS)
     for (a, n), (b, m) in zip(scores, expected, strict=True):
         assert n == m and a == pytest.approx(b, rel=1e-2, abs=1e-2)  # TF32 on the GPU
+
+
+def test_save_after_int8_or_bf16_keeps_the_trained_weights(runs: dict, tmp_path: Path) -> None:
+    model = Seq2Seq.load(runs["transformer"], device="cpu")
+    plain = model.translator
+    trained = {k: v.clone() for k, v in plain.base_model.state_dict().items()}
+    for decode in ({"quantize": "int8"}, {"precision": "bf16"}):
+        model.translator = plain.configure(**decode)
+        saved = Seq2Seq.load(model.save(tmp_path / decode.popitem()[0]), device="cpu")
+        weights = saved.translator.model.state_dict()
+        assert all(torch.equal(weights[k], v) for k, v in trained.items())
+
+
+def test_configure_makes_the_int8_copy_once(translators: dict) -> None:
+    int8 = translators["rnn"].configure(quantize="int8")
+    assert int8.configure(method="beam", beam_size=2).model is int8.model
+    assert int8.configure(quantize="none").model is translators["rnn"].model
+
+
+def test_score_of_a_target_longer_than_the_model_is_nan(runs: dict, caplog) -> None:
+    translator = Translator.from_run(runs["transformer"], device="cpu")
+    limit = translator.model.max_positions
+    long = " ".join(["a"] * (limit + 5))
+    scores = translator.score([SOURCES[0], SOURCES[0]], [long, SOURCES[0]])
+    assert math.isnan(scores[0][0]) and scores[0][1] == 0
+    assert math.isfinite(scores[1][0])
+    assert "exceed the model" in caplog.text

@@ -180,9 +180,10 @@ def test_export_is_self_contained(exported, tmp_path: Path) -> None:
     assert ct2(SOURCES[:10]) == native.predict(SOURCES[:10])
 
 
-def test_int8_default_compute_type_runs(exported) -> None:
+def test_int8_decode_settings_pick_int8(exported) -> None:
     _, _, out = exported
-    ct2 = CTranslate2Translator.from_export(out, threads=1)  # int8 weights
+    ct2 = CTranslate2Translator.from_export(out, {"quantize": "int8"}, threads=1)
+    assert ct2.translator.compute_type.startswith("int8")
     assert len(ct2(SOURCES[:5])) == 5
 
 

@@ -107,7 +107,10 @@ def test_full_width_beam_finds_the_brute_force_optimum(arch, seed):
     src = torch.tensor([[5, 7, 4]])
     rules = Rules(bos=BOS, eos=EOS, max_len_a=0.0, max_len_b=3, banned=(PAD, BOS))
     best_score, best_tokens = _brute_force_best(model, src, rules, limit=3)
-    hyp = beam_search(model, src, rules, beam_size=model.tgt_vocab_size, alpha=0.0)[0][0]
+    # As wide as the vocabulary, and at least as wide as the number of 2-token prefixes
+    # (3 allowed tokens), so that no prefix is ever pruned: the search must be exact.
+    width = max(model.tgt_vocab_size, 3**2)
+    hyp = beam_search(model, src, rules, beam_size=width, alpha=0.0)[0][0]
     assert hyp.tokens == best_tokens
     assert hyp.log_prob == pytest.approx(best_score, abs=1e-5)
 
@@ -205,3 +208,26 @@ def test_no_repeat_unigram_bans_every_seen_token():
     log_probs = torch.zeros(1, 6)
     Rules(bos=BOS, eos=EOS, no_repeat_ngram=2).apply(log_probs, 3, torch.tensor([[3, 4, 3]]))
     assert log_probs.isinf().nonzero()[:, 1].tolist() == [4]  # "3 4" seen: 4 may not follow 3
+
+
+def test_transformer_reorder_of_grouped_rows_matches_ungrouped():
+    """Beam rows share their sentence's memory; any reordering must still pick the
+    right memory row, also when groups break up."""
+    model = make("transformer-pre")
+    src, _ = batch()
+    plain = model.init_state(model.encode(src))
+    grouped = model.reorder(plain, torch.arange(3).repeat_interleave(2))  # 2 rows a sentence
+    assert grouped.group == 2 and grouped.mask.size(0) == 3
+    prev = torch.tensor([5, 6, 7, 8, 9, 10])
+    _, grouped, _ = model.step(prev, grouped)
+    for index in ([0, 1, 1, 5], [2, 3, 0, 1], [4, 5], [5, 4, 3, 2, 1, 0]):
+        index = torch.tensor(index)
+        a, state, _ = model.step(torch.full((len(index),), 4), model.reorder(grouped, index))
+        sources = torch.div(index, 2, rounding_mode="floor")
+        expected = model.reorder(
+            model.init_state(model.encode(src[sources])), torch.arange(len(index))
+        )
+        expected.cache = [[t.index_select(0, index) for t in c] for c in grouped.cache]
+        expected.position = grouped.position
+        b, _, _ = model.step(torch.full((len(index),), 4), expected)
+        assert torch.allclose(a, b, atol=1e-5), index

@@ -56,11 +56,12 @@ class Rules:
     def limits(self, src_mask: torch.Tensor, max_positions: int | None) -> torch.Tensor:
         """Each sentence's output length limit, ``[batch]`` (at least 1).
 
-        A model with a position limit keeps the first position for BOS.
+        A model with ``max_positions`` produces at most that many tokens (its inputs are
+        BOS and all but the last output).
         """
         limits = (src_mask.sum(1).float() * self.max_len_a + self.max_len_b).floor().long()
-        if max_positions is not None:
-            limits = limits.clamp(max=max_positions - 1)
+        if max_positions is not None:  # the inputs BOS, y1 .. y(n-1) take n positions
+            limits = limits.clamp(max=max_positions)
         return limits.clamp(min=1)
 
     def apply(self, log_probs: torch.Tensor, t: int, history: torch.Tensor | None) -> None:
@@ -75,9 +76,15 @@ class Rules:
         if self.banned:
             log_probs[:, list(self.banned)] = NEG_INF
         if t < self.min_len:
+            eos = log_probs[:, self.eos].clone()
             log_probs[:, self.eos] = NEG_INF
         if self.no_repeat_ngram and history is not None:
             _ban_repeats(log_probs, history, self.no_repeat_ngram)
+        if t < self.min_len or self.no_repeat_ngram:
+            # A row left without any allowed token may still end (rather than emit padding).
+            stuck = log_probs.max(dim=-1).values.isneginf()
+            if bool(stuck.any()):
+                log_probs[stuck, self.eos] = eos[stuck] if t < self.min_len else 0.0
 
     @property
     def needs_history(self) -> bool:

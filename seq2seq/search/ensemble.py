@@ -29,9 +29,10 @@ class Ensemble(nn.Module):
         super().__init__()
         if not models:
             raise ValueError("an ensemble needs at least one model")
-        sizes = {m.tgt_vocab_size for m in models}
-        if len(sizes) > 1:
-            raise ValueError(f"ensemble members disagree on the target vocabulary size: {sizes}")
+        for name in ("tgt_vocab_size", "pad_id"):
+            values = {getattr(m, name) for m in models}
+            if len(values) > 1:
+                raise ValueError(f"ensemble members disagree on {name}: {sorted(values)}")
         self.members = nn.ModuleList(models)
         self.pad_id = models[0].pad_id
         self.tgt_vocab_size = models[0].tgt_vocab_size

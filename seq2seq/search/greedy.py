@@ -67,9 +67,10 @@ def sample(
 
 def truncate(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Logits ``[rows, vocab]`` with everything outside the top-k / top-p set at -inf."""
-    if 0 < top_k < logits.size(-1):
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if 0 < top_k < logits.size(-1):  # exactly k survive, ties or not
+        keep = torch.zeros_like(logits, dtype=torch.bool)
+        keep.scatter_(1, logits.topk(top_k, dim=-1).indices, True)
+        logits = logits.masked_fill(~keep, float("-inf"))
     if top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)
