@@ -59,15 +59,15 @@ class _Finished:
 
     def __init__(self, batch: int, n_best: int):
         self.lists: list[list[Hypothesis]] = [[] for _ in range(batch)]
+        self.thresholds = [NEG_INF] * batch  # the n_best-th best score so far
         self.n_best = n_best
 
     def add(self, sentence: int, hyp: Hypothesis) -> None:
-        self.lists[sentence].append(hyp)
-
-    def threshold(self, sentence: int) -> float:
-        """The n_best-th best finished score (-inf while there are fewer)."""
-        scores = sorted((h.score for h in self.lists[sentence]), reverse=True)
-        return scores[self.n_best - 1] if len(scores) >= self.n_best else NEG_INF
+        found = self.lists[sentence]
+        found.append(hyp)
+        if len(found) >= self.n_best:
+            scores = sorted((h.score for h in found), reverse=True)
+            self.thresholds[sentence] = scores[self.n_best - 1]
 
     def best(self) -> list[list[Hypothesis]]:
         return [sorted(f, key=lambda h: h.score, reverse=True)[: self.n_best] for f in self.lists]
@@ -157,15 +157,23 @@ def _finalize(beams, cands: _Candidates, weights, finished: _Finished, eos, t, a
     """Continuations among the k best that end the sentence become finished hypotheses."""
     k = beams.scores.size(1)
     ends = cands.ending[:, :k] & cands.scores[:, :k].isfinite()
-    found = ends.nonzero().tolist()
-    if not found:
+    found = ends.nonzero()
+    if found.numel() == 0:
         return
+    lives, js = found[:, 0], found[:, 1]
+    rows = lives * k + cands.beam[lives, js]
+    histories = beams.tokens[rows].tolist()  # one transfer for all, not one per hypothesis
     penalty = length_penalty(t + 1, alpha)
-    for live, j in found:
-        row = live * k + int(cands.beam[live, j])
-        token = int(cands.token[live, j])
-        tokens = beams.tokens[row].tolist() + ([] if token == eos else [token])
-        log_prob = float(cands.scores[live, j])
+    for i, (live, row, token, log_prob) in enumerate(
+        zip(
+            lives.tolist(),
+            rows.tolist(),
+            cands.token[lives, js].tolist(),
+            cands.scores[lives, js].tolist(),
+            strict=True,
+        )
+    ):
+        tokens = histories[i] + ([] if token == eos else [token])
         attention = None
         if beams.attention is not None and weights is not None:
             attention = torch.cat([beams.attention[row], weights[row].float().unsqueeze(0)])
@@ -204,6 +212,8 @@ def _select_and_reorder(
 def _undone(beams: _Beams, scores: torch.Tensor, finished: _Finished, t, alpha) -> torch.Tensor:
     """Indices of the live sentences that go on after step ``t``."""
     best_live = scores.max(dim=1).values / length_penalty(t + 1, alpha)
-    threshold = torch.tensor([finished.threshold(s) for s in beams.sentences], device=scores.device)
+    threshold = torch.tensor(
+        [finished.thresholds[s] for s in beams.sentences], device=scores.device
+    )
     done = beams.limits.le(t + 1) | best_live.le(threshold) | best_live.isneginf()
     return (~done).nonzero().squeeze(1)
