@@ -2,8 +2,8 @@
 
     python bench/decode_speed.py RUN [--modes greedy-fp32,beam5-ct2-int8,...] [--json]
 
-For each mode: sentences/s and target tokens/s over the test set (the run's
-``data.test``, or ``--src/--ref``), model loading and export excluded, plus its BLEU
+For each mode, in a fresh process: sentences/s and target tokens/s over the test set (the
+run's ``data.test``, or ``--src/--ref``), model loading and export excluded, plus its BLEU
 and, for greedy modes, the share of outputs identical to ``greedy-fp32``. A mode is
 ``{greedy|beamK}-{fp32|bf16|int8|ct2-int8|ct2-fp32}``; the ``ct2`` modes decode the
 run exported with ``seq2seq export`` (done here into a temporary directory unless
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -70,8 +71,23 @@ def time_mode(translator, sources: list[str], warmup: int, repeat: int):
     return best, outputs
 
 
-def measure(args) -> dict:
+def run_one(args) -> None:
+    """Child process: decode the test set in one mode; outputs to --outputs, timing to stdout.
+
+    Each mode runs in a fresh process, so no engine inherits another's threads (PyTorch's
+    idle OpenMP workers spin and slow CTranslate2 down by several times) or memory.
+    """
     torch.set_num_threads(args.threads)
+    sources = load_test(args)[0]
+    decode, engine = parse_mode(args.one)
+    translator = make_translator(args.run, decode, engine, args.ct2, args.threads)
+    seconds, outputs = time_mode(translator, sources, args.warmup, args.repeat)
+    tokens = sum(len(translator.tgt_codec.encode(o)) + 1 for o in outputs)
+    Path(args.outputs).write_text("".join(o + "\n" for o in outputs), encoding="utf-8")
+    print(json.dumps({"seconds": seconds, "tokens": tokens}))
+
+
+def measure(args) -> dict:
     sources, refs = load_test(args)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     plans = {mode: parse_mode(mode) for mode in modes}
@@ -82,15 +98,13 @@ def measure(args) -> dict:
 
             export_dir = export_ctranslate2(args.run, Path(tmp) / "ct2")
         results, reference = {}, None
-        for mode, (decode, engine) in plans.items():
-            translator = make_translator(args.run, decode, engine, export_dir, args.threads)
-            seconds, outputs = time_mode(translator, sources, args.warmup, args.repeat)
-            tokens = sum(len(translator.tgt_codec.encode(o)) + 1 for o in outputs)
+        for mode in plans:
+            outputs, timing = _child(args, mode, export_dir, Path(tmp) / f"{mode}.txt")
             results[mode] = {
-                "sent_per_s": len(sources) / seconds,
-                "tgt_tok_per_s": tokens / seconds,
+                "sent_per_s": len(sources) / timing["seconds"],
+                "tgt_tok_per_s": timing["tokens"] / timing["seconds"],
                 "bleu": bleu(outputs, refs)[0],
-                "seconds": seconds,
+                "seconds": timing["seconds"],
             }
             if mode == "greedy-fp32":
                 reference = outputs
@@ -99,6 +113,19 @@ def measure(args) -> dict:
                 results[mode]["same_as_greedy_fp32"] = same / len(sources)
             print(f"{mode}: {results[mode]}", file=sys.stderr)
     return results
+
+
+def _child(args, mode: str, export_dir: Path | None, outputs: Path) -> tuple[list[str], dict]:
+    command = [sys.executable, __file__, args.run, "--one", mode, "--outputs", str(outputs)]
+    for flag in ("src", "ref", "threads", "warmup", "repeat"):
+        if getattr(args, flag) is not None:
+            command += [f"--{flag}", str(getattr(args, flag))]
+    if export_dir is not None:
+        command += ["--ct2", str(export_dir)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"mode {mode} failed:\n{done.stderr[-2000:]}")
+    return read_lines(outputs), json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def load_test(args) -> tuple[list[str], list[str]]:
@@ -142,7 +169,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=100, help="sentences decoded untimed")
     parser.add_argument("--repeat", type=int, default=1, help="timed passes; the fastest counts")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # child process: one mode
+    parser.add_argument("--outputs", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:
+        run_one(args)
+        return
     results = measure(args)
     print(json.dumps(results, indent=2) if args.json else table(results))
 

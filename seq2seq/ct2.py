@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from seq2seq.config import DecodeConfig, parse_config
 from seq2seq.data.prepare import load_codecs
@@ -130,7 +129,8 @@ class CTranslate2Translator:
 
         Empty or whitespace-only inputs give empty outputs (line alignment is kept).
         With ``attention``, each output carries the last decoder layer's cross-attention
-        (head average), ``[out tokens (+ </s>), source tokens + </s>]``.
+        (head average), ``[out tokens (+ </s>), source tokens + </s>]``. ``progress`` is
+        accepted for the native interface; the texts go to CTranslate2 in one call.
         """
         options = self._options(attention)
         if self.decode.method == "sample" and self._seed is not None:
@@ -140,11 +140,16 @@ class CTranslate2Translator:
             self._seed = None
         results = [Translation("", 0.0, [], []) for _ in texts]
         pieces = {i: self._pieces(t) for i, t in enumerate(texts) if t.strip()}
-        groups = self._groups(pieces)
-        for limit, index in tqdm(groups, disable=not progress, unit="group", leave=False):
-            batch = [pieces[i] for i in index]
-            for i, out in zip(index, self._run(batch, limit, options), strict=True):
-                results[i] = self._finish(pieces[i], out, attention)
+        if not pieces:
+            return results
+        index = sorted(pieces, key=lambda i: len(pieces[i]))
+        limits = self._limits([len(pieces[i]) + 1 for i in index])
+        # One call (CTranslate2 batches by tokens itself) under the longest limit; outputs
+        # over their own limit are cut to it, which is what greedy search would give.
+        outputs = self._run([pieces[i] for i in index], max(limits), options)
+        for i, limit, out in zip(index, limits, outputs, strict=True):
+            hyps, scores, weights = self._cut(pieces[i], out, limit, attention)
+            results[i] = self._finish(pieces[i], hyps, scores, weights)
         return results
 
     # ------------------------------------------------------------------ steps
@@ -170,16 +175,28 @@ class CTranslate2Translator:
         vocab = self.src_codec.vocab
         return [vocab.piece(i) for i in ids]
 
-    def _groups(self, pieces: dict[int, list[str]]) -> list[tuple[int, list[int]]]:
-        """Sentences grouped by output limit ``floor(a * |src + EOS| + b)``, as native search."""
-        index = sorted(pieces, key=lambda i: len(pieces[i]))
-        lengths = torch.tensor([len(pieces[i]) + 1 for i in index], dtype=torch.float32)
-        limits = (lengths * self.decode.max_len_a + self.decode.max_len_b).floor().long()
-        limits = limits.clamp(max=self.max_positions).clamp(min=1).tolist()  # as Rules.limits
-        groups: dict[int, list[int]] = {}
-        for i, limit in zip(index, limits, strict=True):
-            groups.setdefault(limit, []).append(i)
-        return sorted(groups.items())
+    def _limits(self, lengths: list[int]) -> list[int]:
+        """Output limits ``floor(a * |src + EOS| + b)``, as native search sets them."""
+        d = self.decode
+        return [
+            max(1, min(int(n * d.max_len_a + d.max_len_b), self.max_positions)) for n in lengths
+        ]
+
+    def _cut(self, src: list[str], out: Any, limit: int, attention: bool):
+        """Hypotheses, scores and attention of one result, cut to the sentence's limit
+        (tokens beyond it are rescored by forced decoding, without them)."""
+        hyps, scores = [list(h) for h in out.hypotheses], [float(x) for x in out.scores]
+        weights = out.attention[0] if attention else None
+        over = [j for j, h in enumerate(hyps) if len(h) > limit]
+        if over:
+            for j in over:
+                hyps[j] = hyps[j][:limit]
+            rescored = self.translator.score_batch([src] * len(over), [hyps[j] for j in over])
+            for j, result in zip(over, rescored, strict=True):
+                scores[j] = float(sum(result.log_probs[:-1]))  # without the EOS it appends
+            if weights is not None and 0 in over:
+                weights = weights[:limit]
+        return hyps, scores, weights
 
     def _options(self, attention: bool) -> dict[str, Any]:
         """``translate_batch`` keywords for this translator's search settings."""
@@ -221,16 +238,15 @@ class CTranslate2Translator:
         except (RuntimeError, ValueError) as err:
             raise ConfigError(f"CTranslate2 cannot decode with these settings: {err}") from None
 
-    def _finish(self, src_pieces: list[str], out: Any, attention: bool) -> Translation:
+    def _finish(self, src_pieces: list[str], hyps, scores, weights) -> Translation:
         """One result as the native Translator shapes it (see ``Translator._finish``)."""
-        hyps = [self._text(pieces) for pieces in out.hypotheses]
-        nbest = [(text, float(score)) for (text, _), score in zip(hyps, out.scores, strict=True)]
-        tokens = hyps[0][1]
+        texts = [self._text(pieces) for pieces in hyps]
+        nbest = [(text, score) for (text, _), score in zip(texts, scores, strict=True)]
+        tokens = texts[0][1]
         out_tokens, src_tokens = tokens + [SPECIALS[EOS]], src_pieces + [SPECIALS[EOS]]
-        weights = None
-        if attention:
-            steps = len(out.hypotheses[0])  # EOS included when produced
-            weights = _with_eos_column(out.attention[0], steps, len(src_pieces))
+        if weights is not None:
+            steps = len(hyps[0])  # EOS included when produced
+            weights = _with_eos_column(weights, steps, len(src_pieces))
             weights = weights[: len(out_tokens)]
             out_tokens = out_tokens[: weights.size(0)]
         return Translation(nbest[0][0], nbest[0][1], src_tokens, out_tokens, weights, nbest)
