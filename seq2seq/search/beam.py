@@ -13,8 +13,9 @@ Every sentence of a batch keeps ``k`` live hypotheses; their rows are flattened 
 5. **reorder**: sentences that are done leave the batch, and the model state follows
    the selected rows (one ``reorder`` per step).
 
-A sentence is done when it has ``n_best`` finished hypotheses and its best live one,
-ended now, would not beat them (exact without length penalty), or at its length limit.
+A sentence is done when ``k`` of its hypotheses have finished and its best live one,
+ended now, would not beat the ``k``-th of them (exact without length penalty), or at
+its length limit.
 """
 
 from __future__ import annotations
@@ -55,19 +56,19 @@ class _Candidates:
 
 
 class _Finished:
-    """Finished hypotheses of every sentence, with each one's n-best threshold."""
+    """Finished hypotheses of every sentence, with the score a live one must beat."""
 
-    def __init__(self, batch: int, n_best: int):
+    def __init__(self, batch: int, n_best: int, beam_size: int):
         self.lists: list[list[Hypothesis]] = [[] for _ in range(batch)]
-        self.thresholds = [NEG_INF] * batch  # the n_best-th best score so far
-        self.n_best = n_best
+        self.thresholds = [NEG_INF] * batch  # the beam_size-th best score so far
+        self.n_best, self.beam_size = n_best, beam_size
 
     def add(self, sentence: int, hyp: Hypothesis) -> None:
         found = self.lists[sentence]
         found.append(hyp)
-        if len(found) >= self.n_best:
+        if len(found) >= self.beam_size:
             scores = sorted((h.score for h in found), reverse=True)
-            self.thresholds[sentence] = scores[self.n_best - 1]
+            self.thresholds[sentence] = scores[self.beam_size - 1]
 
     def best(self) -> list[list[Hypothesis]]:
         return [sorted(f, key=lambda h: h.score, reverse=True)[: self.n_best] for f in self.lists]
@@ -101,7 +102,7 @@ def beam_search(
     if not 1 <= n_best <= beam_size:
         raise ValueError(f"n_best={n_best} must be between 1 and beam_size={beam_size}")
     beams = _start(model, src, rules, beam_size, keep_attention)
-    finished = _Finished(src.size(0), n_best)
+    finished = _Finished(src.size(0), n_best, beam_size)
     prev = torch.full((src.size(0) * beam_size,), rules.bos, dtype=torch.long, device=src.device)
     for t in range(int(beams.limits.max())):
         log_probs, state, weights = model.step(prev, beams.state)
