@@ -1,6 +1,7 @@
 """Training-speed features that must not change what the model computes."""
 
 import logging
+import os
 import random
 
 import pytest
@@ -173,3 +174,16 @@ def test_fast_dropout_keeps_the_distribution(p):
     assert torch.equal(dropout(x, p, training=False), x)
     torch.manual_seed(0)
     assert torch.equal(dropout(x, p, training=True), y)  # reproducible from the seed
+
+
+def test_bf16_on_cpu_bounds_the_onednn_kernel_cache(monkeypatch):
+    from seq2seq.training.precision import ONEDNN_CACHE, limit_kernel_cache
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    limit_kernel_cache(torch.device("cpu"), "fp32")
+    assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ
+    limit_kernel_cache(torch.device("cpu"), "bf16")
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == ONEDNN_CACHE
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")  # the user's choice wins
+    limit_kernel_cache(torch.device("cpu"), "bf16")
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "256"

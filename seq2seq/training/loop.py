@@ -32,7 +32,7 @@ from seq2seq.models.contract import Seq2SeqModel
 from seq2seq.training.loss import batch_loss
 from seq2seq.training.optim import Schedule, build_optimizer
 from seq2seq.training.order import BatchOrder
-from seq2seq.training.precision import autocast, grad_scaler, resolve
+from seq2seq.training.precision import autocast, grad_scaler, limit_kernel_cache, resolve
 
 log = logging.getLogger("seq2seq")
 # Per-step lines go to the run's train.log only, never to the console.
@@ -131,6 +131,7 @@ class Trainer:
         self.order = BatchOrder(train, self.tc.batch_tokens, self.tc.pool_batches, self.tc.seed)
         self._since_valid = [0.0, 0]  # summed training loss and target tokens
         self.precision = resolve(device, self.tc.precision)
+        limit_kernel_cache(device, self.precision)
         self.scaler = grad_scaler(device, self.precision)
         log.info("training precision: %s (train.precision=%s)", self.precision, self.tc.precision)
 
