@@ -33,9 +33,9 @@ def resolve(device: torch.device, precision: str) -> str:
 
 # oneDNN keeps up to 1024 compiled bf16 kernels, one per input shape, each holding its own
 # reordered copy of the weights; token-count batches have many shapes, so a CPU run's
-# memory grew to 8.5 GB in an hour. 16 entries cost about 5% of speed (measured with
-# bench/train_speed.py on the JoeyNMT-matched model: 4,437 vs 4,651 tok/s, peak RSS
-# 2,164 vs 4,086 MB after 160 steps).
+# memory grew to 8.5 GB in an hour. Measured with bench/train_speed.py on the
+# JoeyNMT-matched model (160 steps): 16 entries 4,437 tgt tok/s and 2,164 MB peak RSS,
+# 64 entries 4,651 and 2,828 MB, the default 1024 entries 4,086 MB.
 ONEDNN_CACHE = "16"
 
 
