@@ -17,10 +17,11 @@ import torch
 from seq2seq.config import DecodeConfig, parse_config
 from seq2seq.data.prepare import load_codecs
 from seq2seq.data.tokenizers import TextCodec
-from seq2seq.data.vocab import BOS, EOS, PAD, SPECIALS, UNK
+from seq2seq.data.vocab import BOS, EOS, PAD, SPECIALS
 from seq2seq.errors import CheckpointError, ConfigError
 from seq2seq.export import CONFIG_FILE, MODEL_FILE, _ctranslate2
-from seq2seq.inference import Translation
+from seq2seq.inference import Translation, banned_ids, encode_source
+from seq2seq.search import Rules
 
 log = logging.getLogger("seq2seq")
 
@@ -155,32 +156,21 @@ class CTranslate2Translator:
     # ------------------------------------------------------------------ steps
 
     def _banned_pieces(self) -> list[str]:
-        """Padding and BOS, as natively, and ``decode.banned``, which must be known pieces."""
+        """Padding and BOS, as natively, and ``decode.banned`` (checked as natively)."""
         vocab = self.tgt_codec.vocab
-        for piece in self.decode.banned:
-            if vocab.index(piece) == UNK and piece != SPECIALS[UNK]:
-                raise ConfigError(f"decode.banned: {piece!r} is not in the target vocabulary")
-        return list(dict.fromkeys([SPECIALS[PAD], SPECIALS[BOS], *self.decode.banned]))
+        banned = [vocab.piece(i) for i in banned_ids(self.decode.banned, vocab)]
+        return list(dict.fromkeys([SPECIALS[PAD], SPECIALS[BOS], *banned]))
 
     def _pieces(self, text: str) -> list[str]:
         """Source pieces, without EOS (the export's config adds it), cut to fit the model."""
-        ids = self.src_codec.encode(text)
-        if len(ids) + 1 > self.max_positions:
-            log.warning(
-                "a source of %d tokens is cut to the model's %d positions",
-                len(ids) + 1,
-                self.max_positions,
-            )
-            ids = ids[: self.max_positions - 1]
         vocab = self.src_codec.vocab
-        return [vocab.piece(i) for i in ids]
+        return [vocab.piece(i) for i in encode_source(self.src_codec, text, self.max_positions)]
 
     def _limits(self, lengths: list[int]) -> list[int]:
-        """Output limits ``floor(a * |src + EOS| + b)``, as native search sets them."""
+        """Output limits ``floor(a * |src + EOS| + b)``, exactly as native search sets them."""
         d = self.decode
-        return [
-            max(1, min(int(n * d.max_len_a + d.max_len_b), self.max_positions)) for n in lengths
-        ]
+        rules = Rules(bos=BOS, eos=EOS, max_len_a=d.max_len_a, max_len_b=d.max_len_b)
+        return rules.limits(torch.tensor(lengths), self.max_positions).tolist()
 
     def _cut(self, src: list[str], out: Any, limit: int, attention: bool):
         """Hypotheses, scores and attention of one result, cut to the sentence's limit

@@ -96,7 +96,7 @@ class Translator:
             max_len_b=decode.max_len_b,
             min_len=decode.min_len,
             no_repeat_ngram=decode.no_repeat_ngram,
-            banned=(PAD, BOS, *self._banned_ids(decode.banned)),
+            banned=(PAD, BOS, *banned_ids(decode.banned, tgt_codec.vocab)),
         )
         self.generator: torch.Generator | None = None
 
@@ -234,29 +234,8 @@ class Translator:
                 self.generator.manual_seed(self.decode.seed)
         return self.generator
 
-    def _banned_ids(self, pieces: tuple[str, ...]) -> list[int]:
-        vocab = self.tgt_codec.vocab
-        ids = []
-        for piece in pieces:
-            index = vocab.index(piece)
-            if index == UNK and piece != vocab.piece(UNK):
-                raise ConfigError(f"decode.banned: {piece!r} is not in the target vocabulary")
-            if index == EOS:
-                raise ConfigError(
-                    f"decode.banned: {piece!r} ends every output; it cannot be banned"
-                )
-            ids.append(index)
-        return ids
-
     def _encode(self, text: str) -> list[int]:
-        ids = self.src_codec.encode(text)
-        limit = self.model.max_positions
-        if limit is not None and len(ids) + 1 > limit:  # + EOS
-            log.warning(
-                "a source of %d tokens is cut to the model's %d positions", len(ids) + 1, limit
-            )
-            ids = ids[: limit - 1]
-        return ids
+        return encode_source(self.src_codec, text, self.model.max_positions)
 
     def _finish(self, src_ids: list[int], hyps: list[Hypothesis]) -> Translation:
         best = hyps[0]
@@ -310,6 +289,34 @@ class Translator:
 
     def __call__(self, texts: list[str]) -> list[str]:
         return [t.text for t in self.translate(texts)]
+
+
+def banned_ids(pieces: tuple[str, ...], vocab) -> list[int]:
+    """The ids of ``decode.banned`` pieces.
+
+    Raises:
+        ConfigError: a piece outside the vocabulary, or EOS (which ends every output).
+    """
+    ids = []
+    for piece in pieces:
+        index = vocab.index(piece)
+        if index == UNK and piece != vocab.piece(UNK):
+            raise ConfigError(f"decode.banned: {piece!r} is not in the target vocabulary")
+        if index == EOS:
+            raise ConfigError(f"decode.banned: {piece!r} ends every output; it cannot be banned")
+        ids.append(index)
+    return ids
+
+
+def encode_source(codec: TextCodec, text: str, max_positions: int | None) -> list[int]:
+    """Source ids of ``text`` (without EOS), cut with a warning to fit the model's positions."""
+    ids = codec.encode(text)
+    if max_positions is not None and len(ids) + 1 > max_positions:  # + EOS
+        log.warning(
+            "a source of %d tokens is cut to the model's %d positions", len(ids) + 1, max_positions
+        )
+        ids = ids[: max_positions - 1]
+    return ids
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best"):

@@ -50,7 +50,7 @@ def test_batched_beam_equals_one_by_one(model):
 
 def test_nbest_lists_are_sorted_and_distinct(model):
     src, _ = batch()
-    limits = RULES.limits(src.ne(PAD), None).tolist()
+    limits = RULES.limits(src.ne(PAD).sum(1), None).tolist()
     for hyps, limit in zip(
         beam_search(model, src, RULES, beam_size=5, n_best=5, alpha=0.6), limits, strict=True
     ):
@@ -65,7 +65,7 @@ def test_nbest_lists_are_sorted_and_distinct(model):
 
 def test_scores_are_the_forced_log_likelihood(model):
     src, _ = batch()
-    limits = RULES.limits(src.ne(PAD), None).tolist()
+    limits = RULES.limits(src.ne(PAD).sum(1), None).tolist()
     hyps = [h[0] for h in beam_search(model, src, RULES, beam_size=3, alpha=0.0)]
     for i, (hyp, limit) in enumerate(zip(hyps, limits, strict=True)):
         if len(hyp.tokens) < limit:  # ended with EOS

@@ -129,7 +129,7 @@ def _start(model, src, rules: Rules, k: int, keep_attention: bool) -> _Beams:
         attention = torch.zeros(batch * k, 0, src.size(1), device=src.device)
     return _Beams(
         sentences=list(range(batch)),
-        limits=rules.limits(encoded.mask, model.max_positions),
+        limits=rules.limits(encoded.mask.sum(1), model.max_positions),
         scores=scores,
         tokens=src.new_zeros(batch * k, 0),
         attention=attention,

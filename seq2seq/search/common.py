@@ -53,14 +53,15 @@ class Rules:
     no_repeat_ngram: int = 0
     banned: tuple[int, ...] = ()
 
-    def limits(self, src_mask: torch.Tensor, max_positions: int | None) -> torch.Tensor:
-        """Each sentence's output length limit, ``[batch]`` (at least 1).
+    def limits(self, src_lengths: torch.Tensor, max_positions: int | None) -> torch.Tensor:
+        """Each sentence's output length limit (at least 1) from its source length
+        (EOS included), ``[batch]``.
 
         A model with ``max_positions`` produces at most that many tokens (its inputs are
         BOS and all but the last output).
         """
-        limits = (src_mask.sum(1).float() * self.max_len_a + self.max_len_b).floor().long()
-        if max_positions is not None:  # the inputs BOS, y1 .. y(n-1) take n positions
+        limits = (src_lengths.float() * self.max_len_a + self.max_len_b).floor().long()
+        if max_positions is not None:
             limits = limits.clamp(max=max_positions)
         return limits.clamp(min=1)
 

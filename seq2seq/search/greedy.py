@@ -83,7 +83,7 @@ def truncate(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
 def _generate(model, src, rules: Rules, choose: Chooser, keep_attention: bool):
     encoded = model.encode(src)
     state = model.init_state(encoded)
-    limits = rules.limits(encoded.mask, model.max_positions)
+    limits = rules.limits(encoded.mask.sum(1), model.max_positions)
     batch = src.size(0)
     out = _Outputs(batch, keep_attention)
     active = torch.arange(batch, device=src.device)  # original row of each live row
