@@ -222,22 +222,21 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.out), max_time=args.max_time)
 
 
-def _add_model_args(p: argparse.ArgumentParser, ensembles: bool = True) -> None:
+def _add_model_args(p: argparse.ArgumentParser, ensembles: bool = True, device: bool = True):
     p.add_argument("run_dir", help="a run directory written by 'seq2seq train'")
     p.add_argument(
         "--checkpoint",
         action="append",
         help="best (default), last, averaged, or a path to a .safetensors checkpoint"
-        + (
-            "; repeat it to decode an ensemble (a run directory adds its best)" if ensembles else ""
-        ),
+        + ("; repeat it for an ensemble (a run directory adds its best)" if ensembles else ""),
     )
-    p.add_argument(
-        "--device",
-        default="auto",
-        choices=("auto", "cpu", "cuda"),
-        help="auto (default), cpu or cuda",
-    )
+    if device:
+        p.add_argument(
+            "--device",
+            default="auto",
+            choices=("auto", "cpu", "cuda"),
+            help="auto (default), cpu or cuda",
+        )
 
 
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
@@ -276,7 +275,13 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seq2seq", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_training_commands(sub)
+    _add_decoding_commands(sub)
+    return parser
 
+
+def _add_training_commands(sub) -> None:
+    """``train``, ``average`` and ``demo``."""
     p = sub.add_parser("train", help="train a model from a YAML config")
     p.add_argument("config", help="YAML config file (see examples/)")
     p.add_argument(
@@ -289,6 +294,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("average", help="average the weights of the last N checkpoints")
+    p.add_argument("run_dir", help="a run directory written by 'seq2seq train'")
+    p.add_argument("--last", type=_positive, default=5, help="how many checkpoints (default: 5)")
+    p.add_argument(
+        "--out",
+        help="output file (default: RUN_DIR/averaged.safetensors, used "
+        "by translate/evaluate --checkpoint averaged)",
+    )
+    p.set_defaults(func=cmd_average)
+
+    p = sub.add_parser("demo", help="train the built-in date task and show what it learned")
+    p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    p.add_argument(
+        "--max-time",
+        type=float,
+        default=240.0,
+        help="cap on training time in seconds (default: 240; 1000 steps take ~90 s on 2 cores)",
+    )
+    p.set_defaults(func=cmd_demo)
+
+
+def _add_decoding_commands(sub) -> None:
+    """``translate``, ``evaluate``, ``score`` and ``export``."""
     p = sub.add_parser("translate", help="translate text with a trained run (stdin -> stdout)")
     _add_model_args(p)
     p.add_argument("-i", "--input", help="input file, one sentence a line (default: stdin)")
@@ -325,31 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_score, beam=None, nbest=None, sample=False, seed=None, decode=[])
 
     p = sub.add_parser("export", help="export a Transformer run to another inference engine")
-    _add_model_args(p, ensembles=False)
+    _add_model_args(p, ensembles=False, device=False)
     p.add_argument("--format", choices=("ctranslate2",), default="ctranslate2")
     p.add_argument("out", help="output directory (must not exist)")
     p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("average", help="average the weights of the last N checkpoints")
-    p.add_argument("run_dir", help="a run directory written by 'seq2seq train'")
-    p.add_argument("--last", type=_positive, default=5, help="how many checkpoints (default: 5)")
-    p.add_argument(
-        "--out",
-        help="output file (default: RUN_DIR/averaged.safetensors, used "
-        "by translate/evaluate --checkpoint averaged)",
-    )
-    p.set_defaults(func=cmd_average)
-
-    p = sub.add_parser("demo", help="train the built-in date task and show what it learned")
-    p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    p.add_argument(
-        "--max-time",
-        type=float,
-        default=240.0,
-        help="cap on training time in seconds (default: 240; 1000 steps take ~90 s on 2 cores)",
-    )
-    p.set_defaults(func=cmd_demo)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
