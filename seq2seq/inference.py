@@ -142,11 +142,8 @@ class Translator:
         models += [_load_member(run_dir, name, codecs) for name in names[1:]]
         if decode:
             cfg = cfg.replace(decode=decode)
-        target = pick_device(device)
-        if cfg.decode.quantize == "int8" and target.type != "cpu":
-            raise ConfigError("decode.quantize: int8 runs on the CPU only (use --device cpu)")
         joined = models[0] if len(models) == 1 else Ensemble(models)
-        joined.to(target).eval()
+        joined.to(pick_device(device)).eval()  # int8 on a GPU is refused by the constructor
         return cls(joined, *codecs, cfg.decode)
 
     def configure(self, **decode) -> Translator:
@@ -265,11 +262,9 @@ class Translator:
                 limit,
                 too_long[0] + 1,
             )
-        real = [
-            i
-            for i, (s, t) in enumerate(zip(src_ids, tgt_ids, strict=True))
-            if s and t and (limit is None or len(t) + 1 <= limit)
-        ]
+        skipped = set(too_long)
+        real = [i for i, (s, t) in enumerate(zip(src_ids, tgt_ids, strict=True)) if s and t]
+        real = [i for i in real if i not in skipped]
         out = [(float("nan"), 0)] * len(sources)
         pairs = Examples([src_ids[i] for i in real], [tgt_ids[i] for i in real])
         was_training = self.model.training
@@ -326,11 +321,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"):
     ``last``, or a path to a ``.safetensors`` file.
     """
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise CheckpointError(
-            f"{run_dir}: not a run directory (no config.yaml); train one "
-            "with 'seq2seq train CONFIG --out DIR'"
-        )
+    _run_config_file(run_dir)
     path = _checkpoint_path(run_dir, checkpoint)
     ckpt = load_checkpoint(path)
     cfg: Config = parse_config(ckpt.config_text, str(path))
@@ -340,14 +331,24 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"):
     return cfg, model, codecs
 
 
-def _run_settings(run_dir: str | Path) -> Config:
-    """The resolved config a run directory was trained with (its ``config.yaml``)."""
+def _run_config_file(run_dir: str | Path) -> Path:
+    """A run directory's ``config.yaml``.
+
+    Raises:
+        CheckpointError: the directory holds no run.
+    """
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise CheckpointError(
             f"{run_dir}: not a run directory (no config.yaml); train one "
             "with 'seq2seq train CONFIG --out DIR'"
         )
+    return path
+
+
+def _run_settings(run_dir: str | Path) -> Config:
+    """The resolved config a run directory was trained with (its ``config.yaml``)."""
+    path = _run_config_file(run_dir)
     return parse_config(path.read_text(encoding="utf-8"), str(path))
 
 
