@@ -56,7 +56,7 @@ def parse_mode(mode: str) -> tuple[dict, str]:
 def make_translator(run: str, decode: dict, engine: str, export_dir: Path | None, threads: int):
     if engine == "native":
         return Translator.from_run(run, "best", "cpu", decode)
-    from seq2seq.ct2 import CTranslate2Translator
+    from seq2seq.inference.ct2 import CTranslate2Translator
 
     return CTranslate2Translator.from_export(export_dir, decode, device="cpu", threads=threads)
 
@@ -94,7 +94,7 @@ def measure(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         export_dir = Path(args.ct2) if args.ct2 else None
         if export_dir is None and any(e == "ctranslate2" for _, e in plans.values()):
-            from seq2seq.export import export_ctranslate2
+            from seq2seq.inference.ct2 import export_ctranslate2
 
             export_dir = export_ctranslate2(args.run, Path(tmp) / "ct2")
         results, reference = {}, None
@@ -131,9 +131,9 @@ def _child(args, mode: str, export_dir: Path | None, outputs: Path) -> tuple[lis
 def load_test(args) -> tuple[list[str], list[str]]:
     if args.src and args.ref:
         return read_lines(args.src), read_lines(args.ref)
-    from seq2seq.inference import load_run
+    from seq2seq.rundir import RunDir
 
-    cfg = load_run(args.run)[0]
+    cfg = RunDir(args.run).config()
     if not cfg.data.test:
         raise SystemExit(f"{args.run}: no data.test in its config; pass --src and --ref")
     prefix = cfg.data.test

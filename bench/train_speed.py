@@ -14,30 +14,22 @@ import json
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
 from seq2seq.config import load_config
-from seq2seq.data.prepare import encode, fit_codecs, load_split
-from seq2seq.inference import pick_device
-from seq2seq.models.build import build_model
-from seq2seq.training.loop import Trainer, peak_rss_mb
+from seq2seq.data.prepare import load_split
+from seq2seq.rundir import RunDir
+from seq2seq.training.driver import prepare
+from seq2seq.training.loop import peak_rss_mb
 
 
 def measure(config: str, overrides: list[str], steps: int, warmup: int) -> dict:
     cfg = load_config(config, overrides)
-    torch.manual_seed(cfg.train.seed)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(tmp)
-        text = load_split(cfg.data, "train")
-        src_codec, tgt_codec = fit_codecs(cfg.data, text, run_dir)
-        train = encode(text, src_codec, tgt_codec, cfg.data.max_len)
-        device = pick_device(cfg.train.device)
-        model = build_model(cfg.model, len(src_codec.vocab), len(tgt_codec.vocab)).to(device)
-        trainer = Trainer(cfg, model, train, None, run_dir, device)
+        # The training driver's own preparation (seeds, tokenizers, data, model), no validation.
+        trainer = prepare(cfg, RunDir(tmp), load_split(cfg.data, "train"))
+        model, device = trainer.model, trainer.device
         model.train()
         for _ in range(warmup):
             trainer.step()

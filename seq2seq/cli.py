@@ -17,24 +17,26 @@ from seq2seq.errors import ConfigError, DataError, Seq2SeqError
 
 
 def cmd_train(args: argparse.Namespace) -> int | None:
-    from seq2seq.api import Seq2Seq
     from seq2seq.config import load_config
+    from seq2seq.rundir import RunDir
+    from seq2seq.training import driver
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
-    model = Seq2Seq(cfg)
-    history = model.fit(out=out, resume=args.resume)
-    if model.progress.stopped == "interrupted":
+    progress = driver.train(cfg, RunDir(out), resume=args.resume)
+    if progress.stopped == "interrupted":
         print(
             f"interrupted: the last checkpoint is saved; continue with --resume --out {out}",
             file=sys.stderr,
         )
         return 130
     print(f"run directory: {out}")
-    if history:
+    if progress.history:
         print(
             "last validation: "
-            + ", ".join(f"{k}={v:.4g}" for k, v in history[-1].items() if isinstance(v, float))
+            + ", ".join(
+                f"{k}={v:.4g}" for k, v in progress.history[-1].items() if isinstance(v, float)
+            )
         )
 
 
@@ -68,7 +70,7 @@ def _translator(args: argparse.Namespace):
     """The Translator (or CTranslate2 translator) the decoding options ask for."""
     decode = _decode_overrides(args)
     if args.engine == "ctranslate2":
-        from seq2seq.ct2 import CTranslate2Translator
+        from seq2seq.inference.ct2 import CTranslate2Translator
 
         if args.checkpoint:
             raise ConfigError(
@@ -148,10 +150,10 @@ def _plot_attention(results, directory: Path) -> None:
 def cmd_score(args: argparse.Namespace) -> None:
     from seq2seq.data.corpus import read_lines
     from seq2seq.inference import Translator
+    from seq2seq.inference.evaluate import check_aligned
 
     srcs, tgts = read_lines(args.src), read_lines(args.tgt)
-    if len(srcs) != len(tgts):
-        raise DataError(f"{args.src} has {len(srcs)} lines but {args.tgt} has {len(tgts)}")
+    check_aligned(srcs, tgts, args.src, args.tgt)
     _check_writable(args.output)
     translator = Translator.from_run(
         args.run_dir, args.checkpoint or "best", args.device, _decode_overrides(args)
@@ -167,7 +169,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from seq2seq.export import export_ctranslate2
+    from seq2seq.inference.ct2 import export_ctranslate2
 
     if len(args.checkpoint or []) > 1:
         raise ConfigError("export takes one --checkpoint")
@@ -178,40 +180,31 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from seq2seq.data.corpus import read_lines
+    from seq2seq.inference.evaluate import check_aligned, check_metrics, evaluate
 
-    names = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    unknown = sorted(set(names) - set(metrics_lib.METRICS))
-    if unknown or not names:
-        raise ConfigError(
-            f"--metrics: unknown {', '.join(unknown) or 'empty list'}; "
-            f"choose from {','.join(metrics_lib.METRICS)}"
-        )
+    names = check_metrics(args.metrics.split(","))
     srcs, refs = read_lines(args.src), read_lines(args.ref)
-    if len(srcs) != len(refs):
-        raise DataError(f"{args.src} has {len(srcs)} lines but {args.ref} has {len(refs)}")
+    check_aligned(srcs, refs, args.src, args.ref)
     _check_writable(args.hyp_out)
-    translator = _translator(args)
-    hyps = [r.text for r in translator.translate(srcs, progress=True)]
+    result = evaluate(_translator(args), srcs, refs, names, progress=True)
     if args.hyp_out:
-        _write_lines(args.hyp_out, hyps)
-    try:
-        scores = metrics_lib.compute(hyps, refs, names)
-    except ValueError as err:
-        raise DataError(str(err)) from None
+        _write_lines(args.hyp_out, result.hypotheses)
+    scores = result.scores
     print(json.dumps(scores, indent=2) if args.json else metrics_lib.format_table(scores))
 
 
 def cmd_average(args: argparse.Namespace) -> None:
     from seq2seq.checkpoint import average_checkpoints
-    from seq2seq.training.loop import step_checkpoints
+    from seq2seq.rundir import RunDir
 
-    found = step_checkpoints(Path(args.run_dir))
+    run = RunDir(args.run_dir)
+    found = run.step_checkpoints()
     if len(found) < args.last:
         raise DataError(
             f"{args.run_dir}: asked to average the last {args.last} checkpoints "
             f"but it holds {len(found)} (train.keep_checkpoints keeps them)"
         )
-    out = Path(args.out or Path(args.run_dir) / "averaged.safetensors")
+    out = Path(args.out) if args.out else run.averaged
     average_checkpoints(found[-args.last :], out)
     print(f"averaged {', '.join(p.name for p in found[-args.last :])} -> {out}")
 
@@ -299,7 +292,7 @@ def _add_training_commands(sub) -> None:
     p.add_argument("--last", type=_positive, default=5, help="how many checkpoints (default: 5)")
     p.add_argument(
         "--out",
-        help="output file (default: RUN_DIR/averaged.safetensors, used "
+        help="output file (default: the run's averaged checkpoint, used "
         "by translate/evaluate --checkpoint averaged)",
     )
     p.set_defaults(func=cmd_average)
@@ -354,7 +347,6 @@ def _add_decoding_commands(sub) -> None:
 
     p = sub.add_parser("export", help="export a Transformer run to another inference engine")
     _add_model_args(p, ensembles=False, device=False)
-    p.add_argument("--format", choices=("ctranslate2",), default="ctranslate2")
     p.add_argument("out", help="output directory (must not exist)")
     p.set_defaults(func=cmd_export)
 

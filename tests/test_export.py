@@ -22,12 +22,11 @@ import torch
 
 from seq2seq.api import Seq2Seq
 from seq2seq.config import DecodeConfig
-from seq2seq.ct2 import CTranslate2Translator
 from seq2seq.data.tasks import make_task
 from seq2seq.data.vocab import BOS, PAD
 from seq2seq.errors import CheckpointError, ConfigError, DataError
-from seq2seq.export import export_ctranslate2
 from seq2seq.inference import Translation, Translator
+from seq2seq.inference.ct2 import CTranslate2Translator, export_ctranslate2
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "multi30k"
@@ -133,7 +132,7 @@ def _masked_log_probs(translator: Translator, outputs: list[Translation]) -> lis
             continue
         src = torch.tensor([[src_vocab.index(p) for p in t.src_tokens]])  # + EOS already
         out = [tgt_vocab.index(p) for p in t.out_tokens]  # + EOS where it was produced
-        logits = model.project(model.features(src, torch.tensor([[BOS, *out[:-1]]])))[0]
+        logits = model(src, torch.tensor([[BOS, *out[:-1]]]))[0]
         logits[:, [PAD, BOS]] = float("-inf")
         sums.append(float(logits.log_softmax(-1).gather(1, torch.tensor(out)[:, None]).sum()))
     return sums
@@ -307,7 +306,7 @@ def test_failed_export_leaves_nothing_and_keeps_the_old_one(one, monkeypatch, tm
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("seq2seq.export.copy_codecs", broken)
+    monkeypatch.setattr("seq2seq.rundir.RunDir.copy_codecs", broken)
     with pytest.raises(DataError, match=f"cannot write export directory {re.escape(str(target))}"):
         export_ctranslate2(run, target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct2"]  # no temporary leftovers

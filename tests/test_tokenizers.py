@@ -47,7 +47,9 @@ CORPUS = make_corpus()
 
 
 def train_sp(directory: Path, model_type: str = "bpe", name: str = "src") -> SentencePieceTokenizer:
-    tokenizer = train_tokenizer("sentencepiece", CORPUS, directory, name, 150, model_type)
+    tokenizer = train_tokenizer(
+        "sentencepiece", CORPUS, directory / f"{name}.model", 150, model_type
+    )
     assert isinstance(tokenizer, SentencePieceTokenizer)
     return tokenizer
 
@@ -68,36 +70,36 @@ def test_word_round_trip():
 
 @pytest.mark.parametrize("kind", ["char", "word"])
 def test_simple_kinds_train_load_and_save_nothing(tmp_path: Path, kind: str):
-    tokenizer = train_tokenizer(kind, CORPUS, tmp_path, "src")
-    tokenizer.save(tmp_path, "src")
+    tokenizer = train_tokenizer(kind, CORPUS, tmp_path / "src.model")
+    tokenizer.save(tmp_path / "src.model")
     assert tokenizer.kind == kind
     assert tokenizer.vocab_pieces() is None
-    assert type(load_tokenizer(kind, tmp_path, "src")) is type(tokenizer)
+    assert type(load_tokenizer(kind)) is type(tokenizer)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_unknown_kind_lists_tokenizers(tmp_path: Path):
     with pytest.raises(ValueError, match=re.escape(str(TOKENIZERS))):
-        train_tokenizer("bytes", CORPUS, tmp_path, "src")
+        train_tokenizer("bytes", CORPUS, tmp_path / "src.model")
     with pytest.raises(ValueError, match=re.escape(str(TOKENIZERS))):
-        load_tokenizer("bytes", tmp_path, "src")
+        load_tokenizer("bytes")
 
 
 def test_model_file_is_only_for_sentencepiece(tmp_path: Path):
     with pytest.raises(ValueError, match="sentencepiece"):
-        load_tokenizer("char", tmp_path, "src", model_file=tmp_path / "x.model")
+        load_tokenizer("char", tmp_path / "x.model")
 
 
 def test_invalid_sentencepiece_options(tmp_path: Path):
     with pytest.raises(ValueError, match="model_type"):
-        train_tokenizer("sentencepiece", CORPUS, tmp_path, "src", model_type="wordpiece")
+        train_tokenizer("sentencepiece", CORPUS, tmp_path / "src.model", model_type="wordpiece")
     with pytest.raises(ValueError, match="vocab_size"):
-        train_tokenizer("sentencepiece", CORPUS, tmp_path, "src", vocab_size=0)
+        train_tokenizer("sentencepiece", CORPUS, tmp_path / "src.model", vocab_size=0)
 
 
 def test_sentencepiece_empty_corpus_is_a_data_error(tmp_path: Path):
     with pytest.raises(DataError, match=r"src\.model"):
-        train_tokenizer("sentencepiece", [], tmp_path, "src", vocab_size=50)
+        train_tokenizer("sentencepiece", [], tmp_path / "src.model", vocab_size=50)
     assert not (tmp_path / "src.model").exists()
 
 
@@ -105,7 +107,7 @@ def test_sentencepiece_empty_corpus_is_a_data_error(tmp_path: Path):
 def test_sentencepiece_round_trips_and_reloads(tmp_path: Path, model_type: str):
     tokenizer = train_sp(tmp_path, model_type)
     assert (tmp_path / "src.model").is_file()
-    reloaded = load_tokenizer("sentencepiece", tmp_path, "src")
+    reloaded = load_tokenizer("sentencepiece", tmp_path / "src.model")
     for text in [*CORPUS[:50], "Ein Hund sieht die Brücke."]:
         pieces = tokenizer.tokenize(text)
         assert len(pieces) < len(text)  # it learned merges, not only characters
@@ -147,16 +149,16 @@ def test_sentencepiece_tokenizer_pickles(tmp_path: Path):
 
 def test_save_under_another_name_copies_the_model(tmp_path: Path):
     tokenizer = train_sp(tmp_path)
-    tokenizer.save(tmp_path, "trg")
+    tokenizer.save(tmp_path / "trg.model")
     assert (tmp_path / "trg.model").read_bytes() == (tmp_path / "src.model").read_bytes()
 
 
 def test_load_missing_model_names_path(tmp_path: Path):
     with pytest.raises(CheckpointError, match=re.escape(str(tmp_path / "src.model"))):
-        load_tokenizer("sentencepiece", tmp_path, "src")
+        load_tokenizer("sentencepiece", tmp_path / "src.model")
     missing = tmp_path / "pretrained.model"
     with pytest.raises(CheckpointError, match=re.escape(str(missing))):
-        load_tokenizer("sentencepiece", tmp_path, "src", model_file=missing)
+        load_tokenizer("sentencepiece", missing)
 
 
 @pytest.mark.parametrize("content", [b"not a model", b""], ids=["garbage", "empty"])
@@ -164,7 +166,7 @@ def test_load_corrupt_model_names_path(tmp_path: Path, content: bytes):
     path = tmp_path / "src.model"
     path.write_bytes(content)
     with pytest.raises(CheckpointError, match=re.escape(str(path))):
-        load_tokenizer("sentencepiece", tmp_path, "src")
+        load_tokenizer("sentencepiece", tmp_path / "src.model")
 
 
 def test_load_truncated_model_names_path(tmp_path: Path):
@@ -172,12 +174,12 @@ def test_load_truncated_model_names_path(tmp_path: Path):
     path = tmp_path / "src.model"
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(CheckpointError, match=re.escape(str(path))):
-        load_tokenizer("sentencepiece", tmp_path, "src")
+        load_tokenizer("sentencepiece", tmp_path / "src.model")
 
 
 @pytest.mark.parametrize("kind", ["char", "word"])
 def test_text_codec_round_trip(kind: str):
-    tokenizer = load_tokenizer(kind, Path("."), "src")
+    tokenizer = load_tokenizer(kind)
     codec = TextCodec(tokenizer, Vocab.build(tokenizer.tokenize(t) for t in CORPUS))
     text = CORPUS[3]
     ids = codec.encode(text)
@@ -197,12 +199,12 @@ def test_text_codec_sentencepiece_round_trip(tmp_path: Path):
 def test_load_pretrained_model_file(tmp_path: Path):
     if not PRETRAINED.is_file():
         pytest.skip("../shared/bench/spm8k.model not present")
-    tokenizer = load_tokenizer("sentencepiece", tmp_path, "src", model_file=PRETRAINED)
+    tokenizer = load_tokenizer("sentencepiece", PRETRAINED)
     text = "Ein Mann fährt Fahrrad."
     assert tokenizer.detokenize(tokenizer.tokenize(text)) == text
     vocab = Vocab.from_pieces(tokenizer.vocab_pieces())
     assert len(vocab) > 1000
-    tokenizer.save(tmp_path, "src")  # a pretrained model travels with the run
+    tokenizer.save(tmp_path / "src.model")  # a pretrained model travels with the run
     assert (tmp_path / "src.model").read_bytes() == PRETRAINED.read_bytes()
 
 
@@ -212,4 +214,4 @@ def test_sentencepiece_keeps_errors_raised_by_the_input(tmp_path: Path):
         raise DataError("line 11 of train.de is not UTF-8")
 
     with pytest.raises(DataError, match=r"train\.de"):
-        train_tokenizer("sentencepiece", sentences(), tmp_path, "src", vocab_size=50)
+        train_tokenizer("sentencepiece", sentences(), tmp_path / "src.model", vocab_size=50)

@@ -16,6 +16,7 @@ from seq2seq.checkpoint import load_checkpoint
 from seq2seq.config import from_dict, load_config
 from seq2seq.data.batching import token_batches
 from seq2seq.data.prepare import encode, fit_codecs, load_split
+from seq2seq.rundir import RunDir
 from seq2seq.errors import CheckpointError
 from seq2seq.training.loop import Trainer
 
@@ -146,7 +147,7 @@ def test_max_epochs_trains_exactly_one_epoch(tmp_path: Path) -> None:
     sections = _sections(max_steps=10_000, valid_every=10_000, max_epochs=1)
     cfg = from_dict(sections)
     text = load_split(cfg.data, "train")
-    src, tgt = fit_codecs(cfg.data, text, tmp_path / "codecs")
+    src, tgt = fit_codecs(cfg.data, text, RunDir(tmp_path / "codecs"))
     examples = encode(text, src, tgt, cfg.data.max_len)
     rng = random.Random(cfg.train.seed * 100003)
     n_batches = len(token_batches(examples, cfg.train.batch_tokens, rng=rng))

@@ -1,14 +1,13 @@
 """From a data config to text splits, trained tokenizers and encoded examples.
 
-A run directory holds the tokenizers' files and vocabularies (``src_vocab.json``,
-``tgt_vocab.json``, and ``src.model`` / ``tgt.model`` for SentencePiece; one shared
-``joint`` set with ``data.joint_vocab``), so that inference needs nothing else.
+A run directory holds the tokenizers' files and vocabularies (one set per side, or one
+shared set with ``data.joint_vocab``; :class:`~seq2seq.rundir.RunDir` names them), so
+that inference needs nothing else.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 from seq2seq.config import DataConfig
@@ -19,6 +18,7 @@ from seq2seq.data.tasks import make_task
 from seq2seq.data.tokenizers import TextCodec, Tokenizer, load_tokenizer, train_tokenizer
 from seq2seq.data.vocab import Vocab
 from seq2seq.errors import ConfigError, DataError
+from seq2seq.rundir import RunDir
 
 log = logging.getLogger("seq2seq")
 
@@ -49,22 +49,17 @@ def load_split(cfg: DataConfig, split: str) -> ParallelText | None:
     return read_parallel(spec, cfg.src_lang, cfg.tgt_lang, name=split)
 
 
-def _names(cfg: DataConfig) -> tuple[str, str]:
-    return ("joint", "joint") if cfg.joint_vocab else ("src", "tgt")
-
-
-def _fit_side(cfg: DataConfig, texts: list[str], run_dir: Path, name: str) -> TextCodec:
+def _fit_side(cfg: DataConfig, texts: list[str], run: RunDir, name: str) -> TextCodec:
     """Train (or copy a given) tokenizer on ``texts`` and build its vocabulary."""
     tokenizer: Tokenizer
     if cfg.tokenizer == "sentencepiece" and cfg.sp_model is not None:
-        tokenizer = load_tokenizer("sentencepiece", run_dir, name, model_file=Path(cfg.sp_model))
-        tokenizer.save(run_dir, name)
+        tokenizer = load_tokenizer("sentencepiece", Path(cfg.sp_model))
+        tokenizer.save(run.tokenizer_file(name))
     else:
         tokenizer = train_tokenizer(
             cfg.tokenizer,
             texts,
-            run_dir,
-            name,
+            run.tokenizer_file(name),
             vocab_size=cfg.vocab_size,
             model_type=cfg.sp_model_type,
         )
@@ -74,45 +69,36 @@ def _fit_side(cfg: DataConfig, texts: list[str], run_dir: Path, name: str) -> Te
     else:
         max_size = cfg.vocab_size if cfg.tokenizer == "word" else None
         vocab = Vocab.build((tokenizer.tokenize(t) for t in texts), max_size, cfg.min_freq)
-    vocab.save(run_dir / f"{name}_vocab.json")
+    vocab.save(run.vocab_file(name))
     log.info("%s vocabulary: %d entries (%s tokenizer)", name, len(vocab), cfg.tokenizer)
     return TextCodec(tokenizer, vocab)
 
 
-def fit_codecs(cfg: DataConfig, train: ParallelText, run_dir: Path) -> tuple[TextCodec, TextCodec]:
-    """Train tokenizers and vocabularies on the training text; save them in ``run_dir``."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    src_name, tgt_name = _names(cfg)
+def fit_codecs(cfg: DataConfig, train: ParallelText, run: RunDir) -> tuple[TextCodec, TextCodec]:
+    """Train tokenizers and vocabularies on the training text; save them in the run."""
+    run.path.mkdir(parents=True, exist_ok=True)
+    src_name, tgt_name = run.codec_names(cfg.joint_vocab)
     if cfg.joint_vocab:
-        codec = _fit_side(cfg, train.src + train.tgt, run_dir, src_name)
+        codec = _fit_side(cfg, train.src + train.tgt, run, src_name)
         return codec, codec
     return (
-        _fit_side(cfg, train.src, run_dir, src_name),
-        _fit_side(cfg, train.tgt, run_dir, tgt_name),
+        _fit_side(cfg, train.src, run, src_name),
+        _fit_side(cfg, train.tgt, run, tgt_name),
     )
 
 
-def load_codecs(cfg: DataConfig, run_dir: Path) -> tuple[TextCodec, TextCodec]:
-    """Load the tokenizers and vocabularies a run directory holds.
+def load_codecs(cfg: DataConfig, run: RunDir) -> tuple[TextCodec, TextCodec]:
+    """Load the tokenizers and vocabularies a run directory (or an export) holds.
 
     Raises:
         CheckpointError: a file is missing or corrupt.
     """
     codecs = []
-    for name in dict.fromkeys(_names(cfg)):
-        tokenizer = load_tokenizer(cfg.tokenizer, run_dir, name)
-        codecs.append(TextCodec(tokenizer, Vocab.load(run_dir / f"{name}_vocab.json")))
+    for name in dict.fromkeys(run.codec_names(cfg.joint_vocab)):
+        model_file = run.tokenizer_file(name) if cfg.tokenizer == "sentencepiece" else None
+        tokenizer = load_tokenizer(cfg.tokenizer, model_file)
+        codecs.append(TextCodec(tokenizer, Vocab.load(run.vocab_file(name))))
     return codecs[0], codecs[-1]
-
-
-def copy_codecs(cfg: DataConfig, src_dir: Path, dst_dir: Path) -> None:
-    """Copy a run's tokenizer and vocabulary files to another directory."""
-    dst_dir.mkdir(parents=True, exist_ok=True)
-    for name in dict.fromkeys(_names(cfg)):
-        for suffix in ("_vocab.json", ".model"):
-            path = src_dir / f"{name}{suffix}"
-            if path.is_file() and path.resolve() != (dst_dir / path.name).resolve():
-                shutil.copyfile(path, dst_dir / path.name)
 
 
 def encode(

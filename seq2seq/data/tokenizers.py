@@ -49,12 +49,11 @@ class Tokenizer(abc.ABC):
         """Returns the tokenizer's own fixed inventory of pieces, or ``None`` if it has none."""
         return None
 
-    def save(self, directory: Path, name: str) -> None:
+    def save(self, model_file: Path) -> None:
         """Writes what :func:`load_tokenizer` needs besides ``kind``; nothing by default.
 
         Args:
-            directory: the run directory.
-            name: distinguishes tokenizers sharing a directory, e.g. ``"src"``, ``"trg"``.
+            model_file: where a learned model goes (the run directory's tokenizer file).
         """
         return  # char and word tokenizers are fully described by their kind
 
@@ -121,9 +120,9 @@ class SentencePieceTokenizer(Tokenizer):
             if not (sp.is_control(i) or sp.is_unknown(i))
         ]
 
-    def save(self, directory: Path, name: str) -> None:
-        """Writes ``directory/{name}.model``, so a pretrained model travels with the run."""
-        atomic_write_bytes(Path(directory) / f"{name}.model", self._sp.serialized_model_proto())
+    def save(self, model_file: Path) -> None:
+        """Writes the model to ``model_file``, so a pretrained model travels with the run."""
+        atomic_write_bytes(Path(model_file), self._sp.serialized_model_proto())
 
 
 @dataclass(frozen=True)
@@ -149,20 +148,18 @@ class TextCodec:
 def train_tokenizer(
     kind: str,
     texts: Iterable[str],
-    directory: Path,
-    name: str,
+    model_file: Path,
     vocab_size: int = 8000,
     model_type: str = "bpe",
 ) -> Tokenizer:
-    """Trains a tokenizer on ``texts`` and saves it in ``directory``.
+    """Trains a tokenizer on ``texts`` and saves it as ``model_file``.
 
     Only SentencePiece learns anything; ``char`` and ``word`` ignore ``texts``.
 
     Args:
         kind: one of ``TOKENIZERS``.
         texts: training sentences, read once.
-        directory: where ``{name}.model`` is written (SentencePiece only).
-        name: file stem, e.g. ``"src"``.
+        model_file: where the model is written (SentencePiece only).
         vocab_size: SentencePiece's target size; a soft limit, so small corpora still train.
         model_type: ``"bpe"`` or ``"unigram"`` (SentencePiece only).
 
@@ -179,22 +176,19 @@ def train_tokenizer(
         raise ValueError(f"unknown model_type {model_type!r}; expected one of {SP_MODEL_TYPES}")
     if vocab_size < 1:
         raise ValueError(f"vocab_size must be positive, got {vocab_size}")
-    path = Path(directory) / f"{name}.model"
+    path = Path(model_file)
     tokenizer = SentencePieceTokenizer(_train_sentencepiece(texts, path, vocab_size, model_type))
-    tokenizer.save(directory, name)
+    tokenizer.save(path)
     return tokenizer
 
 
-def load_tokenizer(
-    kind: str, directory: Path, name: str, model_file: Path | None = None
-) -> Tokenizer:
+def load_tokenizer(kind: str, model_file: Path | None = None) -> Tokenizer:
     """Loads a tokenizer saved by :func:`train_tokenizer` or :meth:`Tokenizer.save`.
 
     Args:
         kind: one of ``TOKENIZERS``.
-        directory: the run directory holding ``{name}.model`` (SentencePiece only).
-        name: file stem, e.g. ``"src"``.
-        model_file: a pretrained SentencePiece model to load instead of ``{name}.model``.
+        model_file: the SentencePiece model (a run's tokenizer file, or a pretrained one);
+            required for SentencePiece, refused for the other kinds.
 
     Returns:
         The tokenizer.
@@ -207,7 +201,9 @@ def load_tokenizer(
         if model_file is not None:
             raise ValueError(f"model_file applies to sentencepiece only, not to {kind!r}")
         return _simple_tokenizer(kind)
-    path = Path(model_file) if model_file is not None else Path(directory) / f"{name}.model"
+    if model_file is None:
+        raise ValueError("a sentencepiece tokenizer is loaded from its model_file")
+    path = Path(model_file)
     try:
         model_proto = path.read_bytes()
     except FileNotFoundError:

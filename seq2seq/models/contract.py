@@ -9,15 +9,18 @@ and never asks which family it holds:
 * ``step(prev_tokens, state)`` advances one token for the whole batch;
 * ``reorder(state, index)`` selects or duplicates rows of a state (beam search,
   dropping finished sentences);
-* ``forward(src, tgt_in)`` is the teacher-forced pass; training calls its two halves,
-  ``features`` and ``project``, so that padding positions skip the output layer.
+* ``forward(src, tgt_in, keep)`` is the teacher-forced pass; training passes ``keep``
+  (the real target positions) so that padding skips the output layer, and calls it
+  through ``model(...)`` so that wrappers (DistributedDataParallel) see it.
+
+:class:`Decoder` is the part the searches use, which models and ensembles share.
 """
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -36,6 +39,29 @@ class Encoded:
     states: torch.Tensor
     mask: torch.Tensor
     final: Any = None
+
+
+class Decoder(Protocol):
+    """What a search needs of a model: every :class:`Seq2SeqModel` and every
+    :class:`~seq2seq.search.Ensemble` satisfies it."""
+
+    pad_id: int
+    max_positions: int | None
+    has_attention: bool
+
+    def encode(self, src: torch.Tensor) -> Encoded: ...
+
+    def init_state(self, encoded: Encoded) -> Any: ...
+
+    def step(
+        self, prev_tokens: torch.Tensor, state: Any
+    ) -> tuple[torch.Tensor, Any, torch.Tensor | None]: ...
+
+    def reorder(self, state: Any, index: torch.Tensor) -> Any: ...
+
+    def __call__(
+        self, src: torch.Tensor, tgt_in: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> torch.Tensor: ...
 
 
 class Seq2SeqModel(nn.Module, abc.ABC):
@@ -95,6 +121,23 @@ class Seq2SeqModel(nn.Module, abc.ABC):
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """Output-layer logits ``[..., tgt_vocab]`` for features ``[..., dim]``."""
 
-    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits ``[batch, tgt_len, tgt_vocab]`` for ``tgt_in [batch, tgt_len]``."""
-        return self.project(self.features(src, tgt_in))
+    def forward(
+        self, src: torch.Tensor, tgt_in: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Teacher-forced logits for ``tgt_in [batch, tgt_len]``.
+
+        Args:
+            src: padded source ids ``[batch, src_len]``.
+            tgt_in: decoder inputs (BOS + target) ``[batch, tgt_len]``.
+            keep: True at the positions whose logits are wanted, ``[batch, tgt_len]``;
+                the output layer runs on those only (None: every position).
+
+        Returns:
+            ``[batch, tgt_len, tgt_vocab]``, or ``[keep.sum(), tgt_vocab]`` with ``keep``.
+            A model whose output layer is more than a projection (a copy head) overrides
+            this and may return log-probabilities, which the loss accepts alike.
+        """
+        features = self.features(src, tgt_in)  # [batch, tgt_len, dim]
+        if keep is not None:
+            features = features[keep]  # [kept, dim]
+        return self.project(features)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from seq2seq.models.contract import Decoder
 from seq2seq.search.common import NEG_INF, Hypothesis, Rules
 
 
@@ -76,7 +77,7 @@ class _Finished:
 
 @torch.no_grad()
 def beam_search(
-    model,
+    model: Decoder,
     src: torch.Tensor,
     rules: Rules,
     *,
@@ -116,7 +117,7 @@ def beam_search(
     return finished.best()
 
 
-def _start(model, src, rules: Rules, k: int, keep_attention: bool) -> _Beams:
+def _start(model: Decoder, src, rules: Rules, k: int, keep_attention: bool) -> _Beams:
     encoded = model.encode(src)
     batch = src.size(0)
     state = model.reorder(
@@ -184,7 +185,7 @@ def _finalize(beams, cands: _Candidates, weights, finished: _Finished, eos, t, a
 
 
 def _select_and_reorder(
-    model, beams: _Beams, cands: _Candidates, state, weights, finished: _Finished, t, alpha
+    model: Decoder, beams: _Beams, cands: _Candidates, state, weights, finished: _Finished, t, alpha
 ) -> _Beams:
     """The k best non-ending continuations become the beam; done sentences leave it."""
     live, k = beams.scores.shape

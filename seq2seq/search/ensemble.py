@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seq2seq.models.contract import Encoded
+from seq2seq.models.contract import Decoder, Encoded
 
 
 class Ensemble(nn.Module):
@@ -57,9 +57,12 @@ class Ensemble(nn.Module):
     def reorder(self, state: list, index: torch.Tensor) -> list:
         return [m.reorder(s, index) for m, s in zip(self.members, state, strict=True)]
 
-    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced ensemble log-probabilities ``[batch, tgt_len, vocab]``."""
-        return _mean_log_probs([m(src, tgt_in) for m in self.members])
+    def forward(
+        self, src: torch.Tensor, tgt_in: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Teacher-forced ensemble log-probabilities ``[batch, tgt_len, vocab]`` (or
+        ``[kept, vocab]`` at the ``keep`` positions, as for one model)."""
+        return _mean_log_probs([m(src, tgt_in, keep) for m in self.members])
 
 
 def _mean_log_probs(outputs: list[torch.Tensor]) -> torch.Tensor:
@@ -70,7 +73,9 @@ def _mean_log_probs(outputs: list[torch.Tensor]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score(model, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor) -> list[float]:
+def score(
+    model: Decoder, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor
+) -> list[float]:
     """Forced decoding: each pair's log-likelihood, summed over ``tgt_out``.
 
     Args:

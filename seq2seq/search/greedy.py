@@ -11,13 +11,14 @@ from collections.abc import Callable
 
 import torch
 
+from seq2seq.models.contract import Decoder
 from seq2seq.search.common import Hypothesis, Rules
 
 Chooser = Callable[[torch.Tensor], torch.Tensor]  # log_probs [rows, vocab] -> ids [rows]
 
 
 @torch.no_grad()
-def greedy(model, src: torch.Tensor, rules: Rules, *, keep_attention: bool = False):
+def greedy(model: Decoder, src: torch.Tensor, rules: Rules, *, keep_attention: bool = False):
     """Batched greedy decoding: the most probable token at every step.
 
     Args:
@@ -35,7 +36,7 @@ def greedy(model, src: torch.Tensor, rules: Rules, *, keep_attention: bool = Fal
 
 @torch.no_grad()
 def sample(
-    model,
+    model: Decoder,
     src: torch.Tensor,
     rules: Rules,
     *,
@@ -80,7 +81,7 @@ def truncate(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     return logits
 
 
-def _generate(model, src, rules: Rules, choose: Chooser, keep_attention: bool):
+def _generate(model: Decoder, src, rules: Rules, choose: Chooser, keep_attention: bool):
     encoded = model.encode(src)
     state = model.init_state(encoded)
     limits = rules.limits(encoded.mask.sum(1), model.max_positions)

@@ -29,6 +29,7 @@ from seq2seq.config import Config, dump_config
 from seq2seq.data.batching import Batch, Examples, collate, token_batches
 from seq2seq.data.vocab import PAD
 from seq2seq.models.contract import Seq2SeqModel
+from seq2seq.rundir import RunDir
 from seq2seq.training.loss import batch_loss
 from seq2seq.training.optim import Schedule, build_optimizer
 from seq2seq.training.order import BatchOrder
@@ -38,8 +39,6 @@ log = logging.getLogger("seq2seq")
 # Per-step lines go to the run's train.log only, never to the console.
 step_log = logging.getLogger("seq2seq.steps")
 step_log.propagate = False
-
-LAST, BEST = "last.safetensors", "best.safetensors"
 
 
 @dataclass
@@ -66,11 +65,6 @@ class StepResult:
     src_tokens: int
     padded_positions: int  # source + target positions including padding
     lr: float
-
-
-def step_checkpoints(run_dir: Path) -> list[Path]:
-    """The run's per-validation checkpoints, oldest first."""
-    return sorted(Path(run_dir).glob("step-*.safetensors"))
 
 
 def peak_rss_mb() -> float:
@@ -106,7 +100,7 @@ class Trainer:
         model: any model implementing the contract, already on ``device``.
         train: encoded training pairs.
         valid: encoded validation pairs (loss and perplexity), or None.
-        run_dir: where checkpoints, logs and TensorBoard events go.
+        run_dir: where checkpoints and TensorBoard events go.
         device: where batches are sent.
         score_fn: decodes the validation set with the current model, returns BLEU.
     """
@@ -117,13 +111,14 @@ class Trainer:
         model: Seq2SeqModel,
         train: Examples,
         valid: Examples | None,
-        run_dir: Path,
+        run_dir: RunDir | Path,
         device: torch.device,
         score_fn: Callable[[], float] | None = None,
     ):
         self.cfg, self.tc = cfg, cfg.train
         self.model, self.train_data, self.valid_data = model, train, valid
-        self.run_dir, self.device, self.score_fn = Path(run_dir), device, score_fn
+        self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        self.device, self.score_fn = device, score_fn
         self.optimizer = build_optimizer(self.tc, model.parameters())
         self.schedule = Schedule(self.tc)
         self.progress = Progress()
@@ -233,13 +228,13 @@ class Trainer:
         if key not in record:
             key = "valid_loss" if "valid_loss" in record else None
         if key is None:
-            save_checkpoint(self.run_dir / BEST, self.model, dump_config(self.cfg))
+            save_checkpoint(self.run.best, self.model, dump_config(self.cfg))
             return
         # Higher BLEU is better; lower loss is better: compare on a "higher is better" scale.
         value = record[key] if key == "valid_bleu" else -record[key]
         if p.best is None or value > p.best:
             p.best, p.bad_validations = value, 0
-            save_checkpoint(self.run_dir / BEST, self.model, dump_config(self.cfg))
+            save_checkpoint(self.run.best, self.model, dump_config(self.cfg))
             record["best"] = True
         else:
             p.bad_validations += 1
@@ -251,9 +246,9 @@ class Trainer:
         keep = self.tc.keep_checkpoints
         if not keep:
             return
-        path = self.run_dir / f"step-{self.progress.step:08d}.safetensors"
+        path = self.run.step_checkpoint(self.progress.step)
         save_checkpoint(path, self.model, dump_config(self.cfg))
-        for old in step_checkpoints(self.run_dir)[:-keep]:
+        for old in self.run.step_checkpoints()[:-keep]:
             old.unlink()
 
     def save_last(self) -> None:
@@ -263,7 +258,7 @@ class Trainer:
             "rng": _rng_state(),
         }
         save_checkpoint(
-            self.run_dir / LAST,
+            self.run.last,
             self.model,
             dump_config(self.cfg),
             optimizer=self.optimizer,
@@ -272,7 +267,7 @@ class Trainer:
 
     def resume(self) -> None:
         """Restore model, optimizer, schedule, data position and RNG from ``last``."""
-        ckpt = load_checkpoint(self.run_dir / LAST)
+        ckpt = load_checkpoint(self.run.last)
         restore_model(self.model, ckpt)
         restore_optimizer(self.optimizer, ckpt)
         for group in self.optimizer.param_groups:  # the config given now wins on resume
@@ -325,7 +320,7 @@ class Trainer:
                     self.save_last()
         except KeyboardInterrupt:
             reason = "interrupted"
-            log.warning("interrupted at step %d: saving %s", self.progress.step, LAST)
+            log.warning("interrupted at step %d: saving %s", self.progress.step, self.run.last.name)
         finally:
             bar.close()
         self._finish(reason)
@@ -367,5 +362,5 @@ class Trainer:
         if self._writer is None:
             from tensorboardX import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+            self._writer = SummaryWriter(str(self.run.tensorboard))
         self._writer.add_scalar(tag, value, self.progress.step)

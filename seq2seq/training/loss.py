@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from seq2seq.models.contract import Seq2SeqModel
+from torch import nn
 
 
 def sequence_loss(
@@ -70,7 +69,7 @@ def smoothed_cross_entropy(
 
 
 def batch_loss(
-    model: Seq2SeqModel,
+    model: nn.Module,
     src: torch.Tensor,
     tgt_in: torch.Tensor,
     tgt_out: torch.Tensor,
@@ -79,10 +78,11 @@ def batch_loss(
 ) -> torch.Tensor:
     """Summed teacher-forced loss of a batch; padding positions skip the output layer.
 
-    The output projection is the largest matrix product of a step; computing it only
-    for real target tokens saves the padding share of it, with the same result.
+    The model (or a wrapper of it, such as DistributedDataParallel) is called as a
+    module, so its own ``forward`` decides how the output distribution is made. The
+    output projection is the largest matrix product of a step; asking only for the real
+    target tokens saves the padding share of it, with the same result.
     """
-    features = model.features(src, tgt_in)  # [batch, tgt_len, dim]
-    keep = tgt_out.ne(pad_id)
-    logits = model.project(features[keep])  # [real tokens, vocab]
+    keep = tgt_out.ne(pad_id)  # [batch, tgt_len]
+    logits = model(src, tgt_in, keep)  # [real tokens, vocab]
     return smoothed_cross_entropy(logits, tgt_out[keep], label_smoothing)

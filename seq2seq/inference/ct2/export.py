@@ -5,7 +5,7 @@ CTranslate2's own ``TransformerSpec`` (fused query/key/value projections, the mo
 own position table, its layer-norm epsilon, its vocabularies and special symbols) and
 writes a self-contained directory: CTranslate2's ``model.bin``, ``config.json`` and
 vocabulary, plus this run's ``config.yaml`` and tokenizer files.
-:class:`seq2seq.ct2.CTranslate2Translator` decodes such a directory.
+:class:`~seq2seq.inference.ct2.CTranslate2Translator` decodes such a directory.
 
 ``ctranslate2`` is an optional dependency, imported only when used.
 """
@@ -24,10 +24,9 @@ import torch
 from torch import nn
 
 from seq2seq.config import dump_config
-from seq2seq.data.prepare import copy_codecs
 from seq2seq.data.vocab import BOS, EOS, SPECIALS, UNK
 from seq2seq.errors import CheckpointError, ConfigError, DataError
-from seq2seq.inference import load_run
+from seq2seq.inference.loading import load_run
 from seq2seq.models.transformer import (
     DecoderLayer,
     Embeddings,
@@ -35,13 +34,12 @@ from seq2seq.models.transformer import (
     MultiHeadAttention,
     TransformerSeq2Seq,
 )
+from seq2seq.rundir import RunDir
 
 log = logging.getLogger("seq2seq")
-MODEL_FILE = "model.bin"
-CONFIG_FILE = "config.yaml"
 
 
-def _ctranslate2() -> Any:
+def require_ctranslate2() -> Any:
     """The ``ctranslate2`` module, or a ConfigError saying how to install it."""
     try:
         import ctranslate2
@@ -79,7 +77,7 @@ def export_ctranslate2(run_dir: str | Path, out_dir: str | Path, checkpoint: str
         CheckpointError: the run directory or its checkpoint is unusable.
         DataError: ``out_dir`` cannot be written.
     """
-    ct2 = _ctranslate2()
+    ct2 = require_ctranslate2()
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     _check_target(out_dir)
     cfg, model, (src_codec, tgt_codec) = load_run(run_dir, checkpoint)
@@ -92,8 +90,9 @@ def export_ctranslate2(run_dir: str | Path, out_dir: str | Path, checkpoint: str
 
     def write(tmp: Path) -> None:
         spec.save(str(tmp))
-        (tmp / CONFIG_FILE).write_text(dump_config(cfg), encoding="utf-8")
-        copy_codecs(cfg.data, run_dir, tmp)
+        export = RunDir(tmp)
+        export.config_file.write_text(dump_config(cfg), encoding="utf-8")
+        RunDir(run_dir).copy_codecs(cfg.data.joint_vocab, export)
 
     _write_directory(out_dir, write)
     log.info("exported %s (%s checkpoint) to CTranslate2 at %s", run_dir, checkpoint, out_dir)
@@ -104,7 +103,7 @@ def _check_target(out_dir: Path) -> None:
     """Refuse to replace a directory that is neither empty nor an earlier export."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"{out_dir}: exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MODEL_FILE).is_file():
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not RunDir(out_dir).ct2_model.is_file():
         raise ConfigError(
             f"{out_dir}: not empty and not a CTranslate2 export; choose a new output directory"
         )

@@ -1,7 +1,7 @@
-"""Translate with a CTranslate2 export, through the native Translator's interface.
+"""Translate with a CTranslate2 export: an :class:`~seq2seq.inference.engine.Engine`.
 
 :class:`CTranslate2Translator` reads a directory written by
-:func:`seq2seq.export.export_ctranslate2` and decodes with CTranslate2's CPU/GPU
+:func:`seq2seq.inference.ct2.export_ctranslate2` and decodes with CTranslate2's CPU/GPU
 runtime, using the run's own tokenizers: ``seq2seq translate EXPORT --engine ctranslate2``.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,16 @@ from seq2seq.data.prepare import load_codecs
 from seq2seq.data.tokenizers import TextCodec
 from seq2seq.data.vocab import BOS, EOS, PAD, SPECIALS
 from seq2seq.errors import CheckpointError, ConfigError
-from seq2seq.export import CONFIG_FILE, MODEL_FILE, _ctranslate2
-from seq2seq.inference import Translation, banned_ids, encode_source
-from seq2seq.search import Rules
+from seq2seq.inference.ct2.export import require_ctranslate2
+from seq2seq.inference.engine import (
+    Translation,
+    banned_ids,
+    encode_source,
+    finish,
+    translate_texts,
+)
+from seq2seq.rundir import RunDir
+from seq2seq.search import Hypothesis, Rules
 
 log = logging.getLogger("seq2seq")
 
@@ -71,6 +79,7 @@ class CTranslate2Translator:
         self.decode, self.max_positions = decode, max_positions
         self._banned = self._banned_pieces()
         self._seed: int | None = secrets.randbits(32) if decode.seed is None else decode.seed
+        self._seed_lock = threading.Lock()
 
     @property
     def has_attention(self) -> bool:
@@ -104,24 +113,54 @@ class CTranslate2Translator:
             ConfigError: ctranslate2 is missing, the device or compute type is unusable,
                 or a banned piece is not in the target vocabulary.
         """
-        ct2 = _ctranslate2()
-        export_dir = Path(export_dir)
-        if not (export_dir / MODEL_FILE).is_file():
+        ct2 = require_ctranslate2()
+        export = RunDir(export_dir)
+        if not export.ct2_model.is_file():
             raise CheckpointError(
-                f"{export_dir}: not a CTranslate2 export (no {MODEL_FILE}); create one with "
-                "seq2seq.export.export_ctranslate2(RUN_DIR, OUT_DIR)"
+                f"{export_dir}: not a CTranslate2 export (no {export.ct2_model.name}); create "
+                "one with 'seq2seq export RUN_DIR OUT_DIR'"
             )
-        cfg = _read_config(export_dir / CONFIG_FILE)
+        cfg = _read_config(export.config_file)
         if not isinstance(decode, DecodeConfig):
             decode = cfg.replace(decode=decode).decode if decode else cfg.decode
-        codecs = load_codecs(cfg.data, export_dir)
+        codecs = load_codecs(cfg.data, export)
         if compute_type is None:
             compute_type = compute_type_for(decode)
-        translator = _load_translator(ct2, export_dir, device, compute_type, threads)
+        translator = _load_translator(ct2, export.path, device, compute_type, threads)
         return cls(translator, *codecs, decode, cfg.model.max_positions)
 
-    def __call__(self, texts: list[str]) -> list[str]:
-        return [t.text for t in self.translate(texts)]
+    # ------------------------------------------------------------------ the phases
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Source ids of each text, cut to the model's positions; ``[]`` when blank."""
+        return [encode_source(self.src_codec, text, self.max_positions) for text in texts]
+
+    def batches(self, rows: list[list[int]]) -> list[list[int]]:
+        """All rows in one length-sorted call: CTranslate2 batches by tokens itself."""
+        return [sorted(range(len(rows)), key=lambda i: len(rows[i]))] if rows else []
+
+    def decode_batch(
+        self, rows: list[list[int]], attention: bool = False
+    ) -> list[list[Hypothesis]]:
+        """Decode non-empty source id rows in one ``translate_batch`` call.
+
+        It runs under the longest row's output limit; outputs over their own limit are
+        cut to it (and rescored), which is what greedy search would give. With
+        ``attention``, the best hypothesis carries the last decoder layer's
+        cross-attention (head average), ``[steps, source tokens + </s>]``.
+        """
+        self._seed_once()
+        vocab = self.src_codec.vocab
+        pieces = [[vocab.piece(i) for i in row] for row in rows]
+        limits = self._limits([len(row) + 1 for row in rows])
+        outputs = self._run(pieces, max(limits), self._options(attention))
+        return [
+            self._hypotheses(src, out, limit, attention)
+            for src, out, limit in zip(pieces, outputs, limits, strict=True)
+        ]
+
+    def finish(self, src_ids: list[int], hyps: list[Hypothesis]) -> Translation:
+        return finish(self.src_codec, self.tgt_codec, src_ids, hyps)
 
     def translate(
         self, texts: list[str], *, attention: bool = False, progress: bool = False
@@ -129,29 +168,12 @@ class CTranslate2Translator:
         """Translate raw sentences; outputs come back in input order.
 
         Empty or whitespace-only inputs give empty outputs (line alignment is kept).
-        With ``attention``, each output carries the last decoder layer's cross-attention
-        (head average), ``[out tokens (+ </s>), source tokens + </s>]``. ``progress`` is
-        accepted for the native interface; the texts go to CTranslate2 in one call.
+        ``progress`` shows one step: the texts go to CTranslate2 in one call.
         """
-        options = self._options(attention)
-        if self.decode.method == "sample" and self._seed is not None:
-            # CTranslate2 seeds its worker thread's generator at the thread's first draw,
-            # from the process-wide seed; later calls continue that stream.
-            _ctranslate2().set_random_seed(self._seed % 2**32)
-            self._seed = None
-        results = [Translation("", 0.0, [], []) for _ in texts]
-        pieces = {i: self._pieces(t) for i, t in enumerate(texts) if t.strip()}
-        if not pieces:
-            return results
-        index = sorted(pieces, key=lambda i: len(pieces[i]))
-        limits = self._limits([len(pieces[i]) + 1 for i in index])
-        # One call (CTranslate2 batches by tokens itself) under the longest limit; outputs
-        # over their own limit are cut to it, which is what greedy search would give.
-        outputs = self._run([pieces[i] for i in index], max(limits), options)
-        for i, limit, out in zip(index, limits, outputs, strict=True):
-            hyps, scores, weights = self._cut(pieces[i], out, limit, attention)
-            results[i] = self._finish(pieces[i], hyps, scores, weights)
-        return results
+        return translate_texts(self, texts, attention=attention, progress=progress)
+
+    def __call__(self, texts: list[str]) -> list[str]:
+        return [t.text for t in self.translate(texts)]
 
     # ------------------------------------------------------------------ steps
 
@@ -161,16 +183,35 @@ class CTranslate2Translator:
         banned = [vocab.piece(i) for i in banned_ids(self.decode.banned, vocab)]
         return list(dict.fromkeys([SPECIALS[PAD], SPECIALS[BOS], *banned]))
 
-    def _pieces(self, text: str) -> list[str]:
-        """Source pieces, without EOS (the export's config adds it), cut to fit the model."""
-        vocab = self.src_codec.vocab
-        return [vocab.piece(i) for i in encode_source(self.src_codec, text, self.max_positions)]
-
     def _limits(self, lengths: list[int]) -> list[int]:
         """Output limits ``floor(a * |src + EOS| + b)``, exactly as native search sets them."""
         d = self.decode
         rules = Rules(bos=BOS, eos=EOS, max_len_a=d.max_len_a, max_len_b=d.max_len_b)
         return rules.limits(torch.tensor(lengths), self.max_positions).tolist()
+
+    def _seed_once(self) -> None:
+        """Seed CTranslate2's sampling once: it seeds its worker thread's generator at the
+        thread's first draw, from the process-wide seed; later calls continue that stream."""
+        if self.decode.method != "sample":
+            return
+        with self._seed_lock:
+            if self._seed is not None:
+                require_ctranslate2().set_random_seed(self._seed % 2**32)
+                self._seed = None
+
+    def _hypotheses(self, src: list[str], out: Any, limit: int, attention: bool):
+        """One result's hypotheses as target ids (EOS dropped), best first."""
+        hyps, scores, weights = self._cut(src, out, limit, attention)
+        vocab = self.tgt_codec.vocab
+        found = []
+        for j, (pieces, score) in enumerate(zip(hyps, scores, strict=True)):
+            attn = None
+            if j == 0 and weights is not None:  # steps: EOS included when produced
+                attn = _with_eos_column(weights, len(pieces), len(src))
+            if pieces and pieces[-1] == SPECIALS[EOS]:
+                pieces = pieces[:-1]
+            found.append(Hypothesis([vocab.index(p) for p in pieces], score, score, attn))
+        return found
 
     def _cut(self, src: list[str], out: Any, limit: int, attention: bool):
         """Hypotheses, scores and attention of one result, cut to the sentence's limit
@@ -227,26 +268,6 @@ class CTranslate2Translator:
             )
         except (RuntimeError, ValueError) as err:
             raise ConfigError(f"CTranslate2 cannot decode with these settings: {err}") from None
-
-    def _finish(self, src_pieces: list[str], hyps, scores, weights) -> Translation:
-        """One result as the native Translator shapes it (see ``Translator._finish``)."""
-        texts = [self._text(pieces) for pieces in hyps]
-        nbest = [(text, score) for (text, _), score in zip(texts, scores, strict=True)]
-        tokens = texts[0][1]
-        out_tokens, src_tokens = tokens + [SPECIALS[EOS]], src_pieces + [SPECIALS[EOS]]
-        if weights is not None:
-            steps = len(hyps[0])  # EOS included when produced
-            weights = _with_eos_column(weights, steps, len(src_pieces))
-            weights = weights[: len(out_tokens)]
-            out_tokens = out_tokens[: weights.size(0)]
-        return Translation(nbest[0][0], nbest[0][1], src_tokens, out_tokens, weights, nbest)
-
-    def _text(self, pieces: list[str]) -> tuple[str, list[str]]:
-        """Detokenized text and pieces of one hypothesis (its EOS dropped)."""
-        if pieces and pieces[-1] == SPECIALS[EOS]:
-            pieces = pieces[:-1]
-        vocab = self.tgt_codec.vocab
-        return self.tgt_codec.decode([vocab.index(p) for p in pieces]), list(pieces)
 
 
 def compute_type_for(decode: DecodeConfig) -> str:

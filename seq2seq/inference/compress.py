@@ -1,0 +1,44 @@
+"""Smaller, faster copies of a model for inference: int8 linear layers, bf16 weights.
+
+The trained model is never changed: each function returns a copy, so the weights a
+run saves stay the fp32 ones it trained.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+
+from seq2seq.config import DecodeConfig
+from seq2seq.errors import ConfigError
+
+
+def for_inference(model: torch.nn.Module, decode: DecodeConfig) -> torch.nn.Module:
+    """The model as ``decode`` asks to run it: as is, int8-quantized, or in bf16.
+
+    Raises:
+        ConfigError: int8 asked for on a model that is not on the CPU.
+    """
+    if decode.quantize == "int8":
+        if next(model.parameters()).device.type != "cpu":
+            raise ConfigError("decode.quantize: int8 runs on the CPU only (use --device cpu)")
+        return quantize_int8(model)
+    if decode.precision == "bf16":
+        return copy.deepcopy(model).to(torch.bfloat16)
+    return model
+
+
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """Dynamic int8 quantization of every linear layer (weights int8, activations
+    quantized on the fly), for CPU inference. Embeddings and layer norms stay fp32."""
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError:  # pragma: no cover - depends on the PyTorch build
+        raise ConfigError(
+            "decode.quantize: int8 needs torch.ao.quantization, which this PyTorch lacks"
+        ) from None
+    with warnings.catch_warnings():  # deprecated upstream in favour of torchao
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)  # a copy

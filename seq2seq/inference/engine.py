@@ -1,0 +1,146 @@
+"""What every inference engine shares: its interface, its output, and the translate loop.
+
+An engine turns raw text into :class:`Translation` objects in three phases that a
+server can drive on their own (gathering rows of many requests into one batch):
+
+1. ``encode(texts)``: source ids per text, cut to the model's positions;
+2. ``decode_batch(rows)``: the hypotheses of a batch of id rows, best first;
+3. ``finish(src_ids, hyps)``: detokenized text, scores, tokens and attention.
+
+:func:`translate_texts` runs the three phases over a list of texts, batched by the
+engine's own budget (``batches``). The native :class:`~seq2seq.inference.Translator`
+and the CTranslate2 engine both implement :class:`Engine`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from tqdm import tqdm
+
+from seq2seq.config import DecodeConfig
+from seq2seq.data.tokenizers import TextCodec
+from seq2seq.data.vocab import EOS, SPECIALS, UNK, Vocab
+from seq2seq.errors import ConfigError
+from seq2seq.search import Hypothesis
+
+log = logging.getLogger("seq2seq")
+
+
+@dataclass
+class Translation:
+    """One output: the text, its score, and (on request) attention with token labels.
+
+    ``score`` is what the search ranked by (see :class:`~seq2seq.search.Hypothesis`);
+    ``nbest`` holds every returned hypothesis as ``(text, score)``, best first.
+    """
+
+    text: str
+    score: float
+    src_tokens: list[str]
+    out_tokens: list[str]
+    attention: torch.Tensor | None = None  # [len(out_tokens), len(src_tokens)]
+    nbest: list[tuple[str, float]] = field(default_factory=list)
+
+
+class Engine(Protocol):
+    """An inference engine: raw text in, :class:`Translation` out, in three phases.
+
+    Implementations must be safe to call from several threads at once.
+    """
+
+    src_codec: TextCodec
+    tgt_codec: TextCodec
+    decode: DecodeConfig
+
+    @property
+    def has_attention(self) -> bool: ...
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Source ids of each text (without EOS); ``[]`` for a blank one."""
+        ...
+
+    def batches(self, rows: list[list[int]]) -> list[list[int]]:
+        """Indices of ``rows`` grouped into the batches this engine decodes at once."""
+        ...
+
+    def decode_batch(
+        self, rows: list[list[int]], attention: bool = False
+    ) -> list[list[Hypothesis]]:
+        """Hypotheses of each (non-empty) row, best first; attention ``[steps, src_len + 1]``."""
+        ...
+
+    def finish(self, src_ids: list[int], hyps: list[Hypothesis]) -> Translation: ...
+
+    def translate(
+        self, texts: list[str], *, attention: bool = False, progress: bool = False
+    ) -> list[Translation]: ...
+
+    def __call__(self, texts: list[str]) -> list[str]: ...
+
+
+def translate_texts(
+    engine: Engine, texts: list[str], *, attention: bool = False, progress: bool = False
+) -> list[Translation]:
+    """Translate raw sentences with ``engine``; outputs come back in input order.
+
+    Empty or whitespace-only inputs give empty outputs (line alignment is kept).
+    """
+    rows = engine.encode(texts)
+    results = [Translation("", 0.0, [], []) for _ in texts]
+    real = [i for i, text in enumerate(texts) if text.strip()]
+    batches = [[real[j] for j in b] for b in engine.batches([rows[i] for i in real])]
+    for index in tqdm(batches, disable=not progress, unit="batch", leave=False):
+        hyps = engine.decode_batch([rows[i] for i in index], attention)
+        for i, found in zip(index, hyps, strict=True):
+            results[i] = engine.finish(rows[i], found)
+    return results
+
+
+def finish(
+    src_codec: TextCodec, tgt_codec: TextCodec, src_ids: list[int], hyps: list[Hypothesis]
+) -> Translation:
+    """A :class:`Translation` of one sentence's hypotheses (best first).
+
+    Token labels end in ``</s>``; attention is cut to ``[output tokens, source tokens]``.
+    """
+    best = hyps[0]
+    out_tokens = [tgt_codec.vocab.piece(i) for i in best.tokens] + [SPECIALS[EOS]]
+    src_tokens = [src_codec.vocab.piece(i) for i in src_ids] + [SPECIALS[EOS]]
+    weights = best.attention
+    if weights is not None:
+        weights = weights[: len(out_tokens), : len(src_tokens)]
+        out_tokens = out_tokens[: weights.size(0)]
+    texts = [(tgt_codec.decode(h.tokens), h.score) for h in hyps]
+    return Translation(texts[0][0], best.score, src_tokens, out_tokens, weights, texts)
+
+
+def encode_source(codec: TextCodec, text: str, max_positions: int | None) -> list[int]:
+    """Source ids of ``text`` (without EOS), cut with a warning to fit the model's positions."""
+    ids = codec.encode(text)
+    if max_positions is not None and len(ids) + 1 > max_positions:  # + EOS
+        log.warning(
+            "a source of %d tokens is cut to the model's %d positions", len(ids) + 1, max_positions
+        )
+        ids = ids[: max_positions - 1]
+    return ids
+
+
+def banned_ids(pieces: tuple[str, ...], vocab: Vocab) -> list[int]:
+    """The ids of ``decode.banned`` pieces.
+
+    Raises:
+        ConfigError: a piece outside the vocabulary, or EOS (which ends every output).
+    """
+    ids = []
+    for piece in pieces:
+        index = vocab.index(piece)
+        if index == UNK and piece != vocab.piece(UNK):
+            raise ConfigError(f"decode.banned: {piece!r} is not in the target vocabulary")
+        if index == EOS:
+            raise ConfigError(f"decode.banned: {piece!r} ends every output; it cannot be banned")
+        ids.append(index)
+    return ids

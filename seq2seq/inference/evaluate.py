@@ -1,0 +1,63 @@
+"""Translate a test set with any engine and score it: one function for the API and the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from seq2seq import metrics as metrics_lib
+from seq2seq.errors import ConfigError, DataError
+from seq2seq.inference.engine import Engine
+
+
+@dataclass
+class Evaluation:
+    """The scores (``bleu``, ``bleu_signature``, ``chrf``, ...) and the outputs scored."""
+
+    scores: dict[str, float | str]
+    hypotheses: list[str]
+
+
+def check_metrics(names: Iterable[str]) -> list[str]:
+    """The metric names as a list, checked before any decoding.
+
+    Raises:
+        ConfigError: an unknown name or none at all.
+    """
+    names = [names] if isinstance(names, str) else [n.strip() for n in names if n.strip()]
+    unknown = sorted(set(names) - set(metrics_lib.METRICS))
+    if unknown or not names:
+        raise ConfigError(
+            f"metrics: unknown {', '.join(unknown) or 'empty list'}; "
+            f"choose from {','.join(metrics_lib.METRICS)}"
+        )
+    return names
+
+
+def check_aligned(sources: list[str], refs: list[str], src_name: str, ref_name: str) -> None:
+    """Raises DataError unless every source has its reference."""
+    if len(sources) != len(refs):
+        raise DataError(f"{src_name} has {len(sources)} lines but {ref_name} has {len(refs)}")
+
+
+def evaluate(
+    engine: Engine,
+    sources: list[str],
+    refs: list[str],
+    metrics: Iterable[str] = ("bleu", "chrf"),
+    *,
+    progress: bool = False,
+) -> Evaluation:
+    """Translate ``sources`` with ``engine`` and score the outputs against ``refs``.
+
+    Raises:
+        ConfigError: an unknown metric.
+        DataError: sources and references differ in number, or there are none.
+    """
+    names = check_metrics(metrics)
+    check_aligned(sources, refs, "the sources", "the references")
+    hyps = [t.text for t in engine.translate(sources, progress=progress)]
+    try:
+        return Evaluation(metrics_lib.compute(hyps, refs, names), hyps)
+    except ValueError as err:
+        raise DataError(str(err)) from None

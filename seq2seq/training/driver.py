@@ -1,0 +1,152 @@
+"""The one training entry point: a config and its data in, a run directory out.
+
+``seq2seq train``, :meth:`seq2seq.Seq2Seq.fit` and ``bench/train_speed.py`` all come
+through here. :func:`prepare` does everything before the first step (seeds, the run's
+config, tokenizers, encoded data, the model, the validation decoder, resuming);
+:func:`train` checks the run directory, prepares, runs the loop and draws the curves,
+logging to the run's ``train.log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import random
+from collections.abc import Callable, Iterator
+
+import torch
+
+from seq2seq import metrics as metrics_lib
+from seq2seq.config import Config
+from seq2seq.data.corpus import ParallelText
+from seq2seq.data.prepare import encode, fit_codecs, load_codecs, load_split
+from seq2seq.devices import pick_device
+from seq2seq.errors import CheckpointError, ConfigError, DataError
+from seq2seq.inference.translator import Translator
+from seq2seq.models.build import build_model
+from seq2seq.rundir import RunDir
+from seq2seq.training.loop import Progress, Trainer, step_log
+from seq2seq.viz import plot_curves
+
+log = logging.getLogger("seq2seq")
+
+
+def train(
+    cfg: Config,
+    run: RunDir,
+    train_text: ParallelText | None = None,
+    valid_text: ParallelText | None = None,
+    *,
+    resume: bool = False,
+) -> Progress:
+    """Train ``cfg`` into ``run``; the config's own splits when no text is given.
+
+    Returns:
+        The progress: the validation history and why training stopped (``interrupted``
+        after Ctrl-C, with the last checkpoint saved).
+
+    Raises:
+        ConfigError: a run directory that would lose or mix up work, or settings that
+            cannot run on this machine, before any expensive work.
+        CheckpointError: nothing to resume.
+        DataError: unusable data, or a run directory that cannot be created.
+    """
+    if cfg.decode.quantize == "int8" and pick_device(cfg.train.device).type != "cpu":
+        raise ConfigError(
+            "decode.quantize: int8 decodes on the CPU only, but train.device is "
+            f"{cfg.train.device!r} on a machine with a GPU: set train.device: cpu or "
+            "quantize at inference time (seq2seq translate --device cpu --quantize int8)"
+        )
+    check_run_dir(run, resume)
+    train_text = train_text if train_text is not None else load_split(cfg.data, "train")
+    valid_text = valid_text if valid_text is not None else load_split(cfg.data, "valid")
+    try:
+        run.path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"cannot create run directory {run}: {err.strerror}") from None
+    with log_to(run):
+        trainer = prepare(cfg, run, train_text, valid_text, resume=resume)
+        progress = trainer.train()
+        if any("valid_loss" in r or "train_loss" in r for r in progress.history):
+            plot_curves(progress.history, run.curves)
+    return progress
+
+
+def prepare(
+    cfg: Config,
+    run: RunDir,
+    train_text: ParallelText,
+    valid_text: ParallelText | None = None,
+    *,
+    resume: bool = False,
+) -> Trainer:
+    """Everything before the first step: the Trainer of ``cfg`` in ``run``, ready to go.
+
+    Seeds Python's and PyTorch's generators, writes the run's config, fits (or, on
+    resume, loads) the tokenizers, encodes the data through the run's cache, builds the
+    model on its device, and restores the last checkpoint when resuming.
+    """
+    random.seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    run.save_config(cfg)
+    if resume:
+        src_codec, tgt_codec = load_codecs(cfg.data, run)
+    else:
+        src_codec, tgt_codec = fit_codecs(cfg.data, train_text, run)
+    train_ex = encode(train_text, src_codec, tgt_codec, cfg.data.max_len, run.cache)
+    valid_ex = encode(valid_text, src_codec, tgt_codec, None, run.cache) if valid_text else None
+    device = pick_device(cfg.train.device)
+    model = build_model(cfg.model, len(src_codec.vocab), len(tgt_codec.vocab)).to(device)
+    millions = sum(p.numel() for p in model.parameters()) / 1e6
+    log.info("model: %.2fM parameters; %d training pairs", millions, len(train_ex))
+    score_fn = None
+    if valid_text is not None:
+        # Validation decodes the live weights: never an int8 or bf16 copy of them.
+        live = dataclasses.replace(cfg.decode, quantize="none", precision="fp32")
+        score_fn = _bleu_of(Translator(model, src_codec, tgt_codec, live), valid_text)
+    trainer = Trainer(cfg, model, train_ex, valid_ex, run, device, score_fn)
+    if resume:
+        trainer.resume()
+    return trainer
+
+
+def _bleu_of(translator: Translator, text: ParallelText) -> Callable[[], float]:
+    def score() -> float:
+        return metrics_lib.bleu(translator(text.src), text.tgt)[0]
+
+    return score
+
+
+def check_run_dir(run: RunDir, resume: bool) -> None:
+    """Refuse what would lose or mix up work: a file, an existing run, nothing to resume."""
+    if run.path.exists() and not run.path.is_dir():
+        raise ConfigError(f"run directory {run} is an existing file, not a directory")
+    if resume and not run.last.is_file():
+        raise CheckpointError(f"nothing to resume in {run}: it holds no {run.last.name}")
+    if not resume and run.last.exists():
+        raise ConfigError(
+            f"{run} already holds a training run: resume it (--resume, "
+            "fit(resume=True)) or choose another run directory"
+        )
+
+
+@contextlib.contextmanager
+def log_to(run: RunDir) -> Iterator[None]:
+    """Log to the run's ``train.log`` (validation lines and every step's line) meanwhile."""
+    handler = logging.FileHandler(run.log_file, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    old_level = log.level
+    log.setLevel(logging.INFO)
+    step_log.setLevel(logging.INFO)
+    for logger in (log, step_log):
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for logger in (log, step_log):
+            logger.removeHandler(handler)
+        log.setLevel(old_level)
+        handler.close()
