@@ -22,9 +22,17 @@ import yaml
 from seq2seq.errors import ConfigError
 
 
-def _opt(default: Any, *, lo: float | None = None, hi: float | None = None, path: bool = False):
-    """A dataclass field with an optional numeric range and a 'resolve as path' flag."""
-    return field(default=default, metadata={"lo": lo, "hi": hi, "path": path})
+def _opt(
+    default: Any,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    path: bool = False,
+    family: str | None = None,
+):
+    """A dataclass field with an optional numeric range, a 'resolve as path' flag, and the
+    model family that alone uses it (``rnn`` or ``transformer``)."""
+    return field(default=default, metadata={"lo": lo, "hi": hi, "path": path, "family": family})
 
 
 @dataclass(frozen=True)
@@ -55,23 +63,29 @@ class ModelConfig:
     (whose embeddings have that size too: ``emb_dim`` is for RNNs only)."""
 
     arch: Literal["rnn", "transformer"] = "rnn"  # model family
-    cell: Literal["gru", "lstm"] = "gru"  # RNN: recurrent unit
-    emb_dim: int = _opt(256, lo=1)  # RNN: embedding size
+    cell: Literal["gru", "lstm"] = _opt("gru", family="rnn")  # RNN: recurrent unit
+    emb_dim: int = _opt(256, lo=1, family="rnn")  # RNN: embedding size
     hidden_dim: int = _opt(512, lo=1)  # RNN state / Transformer d_model
     enc_layers: int = _opt(1, lo=1)  # encoder layers
     dec_layers: int = _opt(1, lo=1)  # decoder layers
-    bidirectional: bool = True  # RNN: encoder reads both ways
-    attention: Literal["none", "bahdanau", "luong"] = "bahdanau"  # RNN attention
-    attention_score: Literal["dot", "general"] = "general"  # Luong score
-    input_feeding: bool = True  # Luong: feed h~ to the next step
+    bidirectional: bool = _opt(True, family="rnn")  # RNN: encoder reads both ways
+    attention: Literal["none", "bahdanau", "luong"] = _opt("bahdanau", family="rnn")  # RNN
+    attention_score: Literal["dot", "general"] = _opt("general", family="rnn")  # Luong score
+    input_feeding: bool = _opt(True, family="rnn")  # Luong: feed h~ to the next step
     dropout: float = _opt(0.2, lo=0.0, hi=0.99)  # dropout probability
     tie_embeddings: bool = False  # decoder embedding = output layer
-    share_embeddings: bool = False  # Transformer: src = tgt = output
-    heads: int = _opt(4, lo=1)  # Transformer: attention heads
-    ff_dim: int = _opt(1024, lo=1)  # Transformer: feed-forward size
-    norm: Literal["pre", "post"] = "pre"  # Transformer: layer-norm placement
-    positions: Literal["sinusoidal", "learned"] = "sinusoidal"  # position encoding
-    max_positions: int = _opt(1024, lo=1)  # Transformer: longest sequence
+    share_embeddings: bool = _opt(False, family="transformer")  # src = tgt = output
+    heads: int = _opt(4, lo=1, family="transformer")  # attention heads
+    ff_dim: int = _opt(1024, lo=1, family="transformer")  # feed-forward size
+    norm: Literal["pre", "post"] = _opt("pre", family="transformer")  # layer-norm placement
+    positions: Literal["sinusoidal", "learned"] = _opt(
+        "sinusoidal", family="transformer"
+    )  # position encoding
+    max_positions: int = _opt(1024, lo=1, family="transformer")  # longest sequence
+
+    def __post_init__(self) -> None:
+        for problem in _model_conflicts(self):
+            raise ConfigError(problem)
 
 
 @dataclass(frozen=True)
@@ -151,6 +165,52 @@ class Config:
 
 
 # ---------------------------------------------------------------------------- validation
+
+_FAMILY = {"rnn": "the recurrent model", "transformer": "the Transformer"}
+
+
+def _model_conflicts(model: ModelConfig) -> list[str]:
+    """Model settings that cannot be built, or that the chosen family would ignore."""
+    problems = [
+        f"model.{f.name}: {_FAMILY[f.metadata['family']]} alone uses it, but model.arch is "
+        f"{model.arch!r}; remove the key (it would be ignored)"
+        for f in dataclasses.fields(model)
+        if f.metadata.get("family") not in (None, model.arch)
+        and getattr(model, f.name) != f.default
+    ]
+    if model.arch == "transformer":
+        checks = [
+            (
+                model.hidden_dim % model.heads != 0,
+                f"model.hidden_dim: {model.hidden_dim} is not divisible by "
+                f"model.heads={model.heads}",
+            ),
+        ]
+    else:
+        checks = [
+            (
+                model.bidirectional and model.hidden_dim % 2 != 0,
+                "model.hidden_dim: a bidirectional encoder needs an even size, "
+                f"got {model.hidden_dim}",
+            ),
+            (
+                model.tie_embeddings and model.emb_dim != model.hidden_dim,
+                "model.tie_embeddings: the decoder's embedding and output layer can only share "
+                "weights when model.emb_dim == model.hidden_dim "
+                f"(got {model.emb_dim} and {model.hidden_dim})",
+            ),
+            (
+                model.attention != "luong" and model.attention_score != "general",
+                f"model.attention_score: only Luong attention uses it, but model.attention is "
+                f"{model.attention!r}; remove the key (it would be ignored)",
+            ),
+            (
+                model.attention != "luong" and not model.input_feeding,
+                f"model.input_feeding: only Luong attention uses it, but model.attention is "
+                f"{model.attention!r}; remove the key (it would be ignored)",
+            ),
+        ]
+    return problems + [message for failed, message in checks if failed]
 
 
 def _conflicts(cfg: Config) -> list[str]:

@@ -357,3 +357,56 @@ def test_every_example_config_loads() -> None:
     for path in configs:
         cfg = load_config(path)
         assert isinstance(cfg, Config), path
+
+
+# ---------------------------------------------------------------------------- model settings
+
+
+@pytest.mark.parametrize(
+    "model, words",
+    [
+        ({"arch": "transformer", "hidden_dim": 30, "heads": 4}, "model.hidden_dim: 30 is not"),
+        ({"hidden_dim": 15}, "model.hidden_dim: a bidirectional encoder needs an even size"),
+        ({"emb_dim": 32, "hidden_dim": 64, "tie_embeddings": True}, "model.tie_embeddings"),
+        ({"attention": "bahdanau", "attention_score": "dot"}, "model.attention_score"),
+        ({"attention": "none", "input_feeding": False}, "model.input_feeding"),
+    ],
+)
+def test_model_settings_that_cannot_be_built(model: dict, words: str) -> None:
+    with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+        from_dict({"model": model})
+
+
+@pytest.mark.parametrize(
+    "arch, key, value",
+    [
+        ("transformer", "emb_dim", 64),
+        ("transformer", "cell", "lstm"),
+        ("transformer", "attention", "luong"),
+        ("transformer", "bidirectional", False),
+        ("rnn", "heads", 8),
+        ("rnn", "ff_dim", 2048),
+        ("rnn", "norm", "post"),
+        ("rnn", "positions", "learned"),
+        ("rnn", "max_positions", 64),
+        ("rnn", "share_embeddings", True),
+    ],
+)
+def test_keys_of_the_other_family_are_errors(
+    tmp_path: Path, arch: str, key: str, value: object
+) -> None:
+    text = f"data: {{joint_vocab: true}}\nmodel: {{arch: {arch}, {key}: {value}}}\n"
+    message = _error(tmp_path, text)
+    assert message.startswith(f"model.{key}:") and repr(arch) in message
+
+
+def test_a_family_key_at_its_default_is_accepted() -> None:
+    cfg = from_dict({"model": {"arch": "transformer", "emb_dim": 256, "heads": 8}})
+    assert cfg.model.heads == 8
+
+
+def test_model_errors_come_before_any_work(tmp_path: Path) -> None:
+    """A model that cannot be built fails when its config is read, not after tokenizing."""
+    missing = tmp_path / "no-such-corpus"
+    text = f"data: {{train: {missing}}}\nmodel: {{arch: transformer, hidden_dim: 30}}\n"
+    assert "not divisible by model.heads=4" in _error(tmp_path, text)

@@ -64,8 +64,12 @@ def _fit(out: Path, model: dict, joint: bool, steps: int = 100, arch: str = "tra
             "joint_vocab": joint,
             "max_len": 60,
         },
-        "model": {"arch": arch, "hidden_dim": 32, "ff_dim": 64, "heads": 4, "dropout": 0.0}
-        | ({"enc_layers": 2, "dec_layers": 2, "max_positions": 64} if arch == "transformer" else {})
+        "model": {"arch": arch, "hidden_dim": 32, "dropout": 0.0}
+        | (
+            {"ff_dim": 64, "heads": 4, "enc_layers": 2, "dec_layers": 2, "max_positions": 64}
+            if arch == "transformer"
+            else {}
+        )
         | model,
         "train": {
             "max_steps": steps,

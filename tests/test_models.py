@@ -28,7 +28,9 @@ VARIANTS = {
 def make(name):
     """A tiny model of one variant, in eval mode (no dropout)."""
     torch.manual_seed(0)
-    cfg = ModelConfig(**{"emb_dim": 12, "hidden_dim": 16, "dropout": 0.0, **VARIANTS[name]})
+    variant = VARIANTS[name]
+    sizes = {} if variant.get("arch") == "transformer" else {"emb_dim": 12}
+    cfg = ModelConfig(**{"hidden_dim": 16, "dropout": 0.0, **sizes, **variant})
     return build_model(cfg, SRC_V, TGT_V, pad_id=PAD).eval()
 
 

@@ -78,7 +78,8 @@ def test_scores_are_the_forced_log_likelihood(model):
 
 def _tiny_model(arch: str, seed: int):
     torch.manual_seed(seed)
-    cfg = ModelConfig(arch=arch, emb_dim=8, hidden_dim=8, heads=2, ff_dim=16, dropout=0.0)
+    sizes = {"heads": 2, "ff_dim": 16} if arch == "transformer" else {"emb_dim": 8}
+    cfg = ModelConfig(arch=arch, hidden_dim=8, dropout=0.0, **sizes)
     return build_model(cfg, 9, 6, pad_id=PAD).eval()
 
 

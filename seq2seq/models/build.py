@@ -5,7 +5,6 @@ from __future__ import annotations
 from torch import nn
 
 from seq2seq.config import ModelConfig
-from seq2seq.errors import ConfigError
 from seq2seq.models.attention import Attention, BahdanauAttention, LuongAttention
 from seq2seq.models.contract import Seq2SeqModel
 from seq2seq.models.rnn import Bridge, RNNDecoder, RNNEncoder, RNNSeq2Seq
@@ -20,39 +19,10 @@ def _attention(cfg: ModelConfig) -> Attention | None:
     return None
 
 
-def _check(cfg: ModelConfig) -> None:
-    if cfg.arch == "transformer":
-        if cfg.hidden_dim % cfg.heads:
-            raise ConfigError(
-                f"model.hidden_dim: {cfg.hidden_dim} is not divisible by model.heads={cfg.heads}"
-            )
-        return
-    if cfg.share_embeddings:
-        raise ConfigError(
-            "model.share_embeddings: only the Transformer shares the encoder's "
-            "embeddings; use model.tie_embeddings for the RNN decoder"
-        )
-    if cfg.bidirectional and cfg.hidden_dim % 2:
-        raise ConfigError(
-            f"model.hidden_dim: a bidirectional encoder needs an even size, got {cfg.hidden_dim}"
-        )
-    if cfg.tie_embeddings and cfg.emb_dim != cfg.hidden_dim:
-        raise ConfigError(
-            "model.tie_embeddings: the decoder's embedding and output layer can only share "
-            f"weights when model.emb_dim == model.hidden_dim "
-            f"(got {cfg.emb_dim} and {cfg.hidden_dim})"
-        )
-
-
 def build_model(
     cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int = 0
 ) -> Seq2SeqModel:
-    """Build the model a config describes.
-
-    Raises:
-        ConfigError: for combinations of settings that cannot be built.
-    """
-    _check(cfg)
+    """Build the model a config describes (validated whole when it was made)."""
     if cfg.arch == "transformer":
         return _transformer(cfg, src_vocab_size, tgt_vocab_size, pad_id)
     encoder = RNNEncoder(
