@@ -1,0 +1,102 @@
+"""Settings that are valid one by one but cannot go together, or that would be ignored.
+
+:mod:`seq2seq.config` runs these checks whenever a config (or a model section) is
+made, so a config is validated whole before any work starts: nothing is ignored
+silently, and a model that cannot be built fails when its YAML is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from seq2seq.config import Config, ModelConfig
+
+_FAMILY = {"rnn": "the recurrent model", "transformer": "the Transformer"}
+
+
+def model_conflicts(model: ModelConfig) -> list[str]:
+    """Model settings that cannot be built, or that the chosen family would ignore."""
+    problems = [
+        f"model.{f.name}: {_FAMILY[f.metadata['family']]} alone uses it, but model.arch is "
+        f"{model.arch!r}; remove the key (it would be ignored)"
+        for f in dataclasses.fields(model)
+        if f.metadata.get("family") not in (None, model.arch)
+        and getattr(model, f.name) != f.default
+    ]
+    if model.arch == "transformer":
+        checks = [
+            (
+                model.hidden_dim % model.heads != 0,
+                f"model.hidden_dim: {model.hidden_dim} is not divisible by "
+                f"model.heads={model.heads}",
+            ),
+        ]
+    else:
+        checks = [
+            (
+                model.bidirectional and model.hidden_dim % 2 != 0,
+                "model.hidden_dim: a bidirectional encoder needs an even size, "
+                f"got {model.hidden_dim}",
+            ),
+            (
+                model.tie_embeddings and model.emb_dim != model.hidden_dim,
+                "model.tie_embeddings: the decoder's embedding and output layer can only share "
+                "weights when model.emb_dim == model.hidden_dim "
+                f"(got {model.emb_dim} and {model.hidden_dim})",
+            ),
+            (
+                model.attention != "luong" and model.attention_score != "general",
+                f"model.attention_score: only Luong attention uses it, but model.attention is "
+                f"{model.attention!r}; remove the key (it would be ignored)",
+            ),
+            (
+                model.attention != "luong" and not model.input_feeding,
+                f"model.input_feeding: only Luong attention uses it, but model.attention is "
+                f"{model.attention!r}; remove the key (it would be ignored)",
+            ),
+        ]
+    return problems + [message for failed, message in checks if failed]
+
+
+def conflicts(cfg: Config) -> list[str]:
+    """Settings that are valid one by one but contradict each other (none ignored silently)."""
+    data, model, train, decode = cfg.data, cfg.model, cfg.train, cfg.decode
+    checks = [
+        (
+            model.share_embeddings and not data.joint_vocab,
+            "model.share_embeddings: encoder and decoder can share one embedding table only "
+            "with a joint vocabulary (set data.joint_vocab: true)",
+        ),
+        (
+            model.arch == "transformer" and data.max_len + 1 > model.max_positions,
+            f"data.max_len={data.max_len} (+ EOS) exceeds model.max_positions="
+            f"{model.max_positions}: raise model.max_positions or lower data.max_len",
+        ),
+        (
+            train.early_stop_metric == "bleu" and not train.valid_bleu,
+            "train.early_stop_metric: bleu needs train.valid_bleu: true (or use loss)",
+        ),
+        (
+            data.sp_model is not None and data.tokenizer != "sentencepiece",
+            f"data.sp_model is a SentencePiece model but data.tokenizer is {data.tokenizer!r}",
+        ),
+        (
+            decode.n_best > decode.beam_size and decode.method == "beam",
+            f"decode.n_best={decode.n_best} exceeds decode.beam_size={decode.beam_size}",
+        ),
+        (
+            decode.quantize == "int8" and decode.precision == "bf16",
+            "decode.quantize: int8 and decode.precision: bf16 exclude each other (pick one)",
+        ),
+        (
+            decode.n_best > 1 and decode.method != "beam",
+            f"decode.n_best={decode.n_best} needs decode.method: beam",
+        ),
+        (
+            train.schedule == "noam" and train.warmup_steps == 0,
+            "train.schedule: noam needs train.warmup_steps > 0 (its decay is relative to it)",
+        ),
+    ]
+    return [message for failed, message in checks if failed]
