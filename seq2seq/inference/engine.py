@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from tqdm import tqdm
@@ -46,6 +46,7 @@ class Translation:
     nbest: list[tuple[str, float]] = field(default_factory=list)
 
 
+@runtime_checkable
 class Engine(Protocol):
     """An inference engine: raw text in, :class:`Translation` out, in three phases.
 
@@ -60,7 +61,7 @@ class Engine(Protocol):
     def has_attention(self) -> bool: ...
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        """Source ids of each text (without EOS); ``[]`` for a blank one."""
+        """Source ids of each text (without EOS), cut to fit the model."""
         ...
 
     def batches(self, rows: list[list[int]]) -> list[list[int]]:

@@ -135,7 +135,7 @@ class Translator:
     # ------------------------------------------------------------------ the phases
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        """Source ids of each text, cut to the model's positions; ``[]`` when blank."""
+        """Source ids of each text (without EOS), cut to the model's positions."""
         return [encode_source(self.src_codec, text, self.model.max_positions) for text in texts]
 
     def batches(self, rows: list[list[int]]) -> list[list[int]]:
