@@ -8,15 +8,15 @@ silently, and a model that cannot be built fails when its YAML is read.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from seq2seq.config import Config, ModelConfig
+# The checks read the config's sections by attribute (they take a ModelConfig or a
+# Config), so that this module needs nothing from seq2seq.config, which calls it.
 
 _FAMILY = {"rnn": "the recurrent model", "transformer": "the Transformer"}
 
 
-def model_conflicts(model: ModelConfig) -> list[str]:
+def model_conflicts(model: Any) -> list[str]:
     """Model settings that cannot be built, or that the chosen family would ignore."""
     problems = [
         f"model.{f.name}: {_FAMILY[f.metadata['family']]} alone uses it, but model.arch is "
@@ -60,7 +60,7 @@ def model_conflicts(model: ModelConfig) -> list[str]:
     return problems + [message for failed, message in checks if failed]
 
 
-def conflicts(cfg: Config) -> list[str]:
+def conflicts(cfg: Any) -> list[str]:
     """Settings that are valid one by one but contradict each other (none ignored silently)."""
     data, model, train, decode = cfg.data, cfg.model, cfg.train, cfg.decode
     checks = [
