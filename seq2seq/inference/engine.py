@@ -9,7 +9,8 @@ server can drive on their own (gathering rows of many requests into one batch):
 
 :func:`translate_texts` runs the three phases over a list of texts, batched by the
 engine's own budget (``batches``). The native :class:`~seq2seq.inference.Translator`
-and the CTranslate2 engine both implement :class:`Engine`.
+and the CTranslate2 engine both implement :class:`Engine`, sharing ``finish``,
+``translate`` and ``__call__`` through :class:`PhasedEngine`.
 """
 
 from __future__ import annotations
@@ -81,6 +82,30 @@ class Engine(Protocol):
     ) -> list[Translation]: ...
 
     def __call__(self, texts: list[str]) -> list[str]: ...
+
+
+class PhasedEngine:
+    """``finish``, ``translate`` and ``__call__`` of an engine, from its phases and its
+    ``src_codec``/``tgt_codec``; an engine adds ``encode``, ``batches`` and
+    ``decode_batch``."""
+
+    src_codec: TextCodec
+    tgt_codec: TextCodec
+
+    def finish(self, src_ids: list[int], hyps: list[Hypothesis]) -> Translation:
+        return finish(self.src_codec, self.tgt_codec, src_ids, hyps)
+
+    def translate(
+        self, texts: list[str], *, attention: bool = False, progress: bool = False
+    ) -> list[Translation]:
+        """Translate raw sentences; outputs come back in input order.
+
+        Empty or whitespace-only inputs give empty outputs (line alignment is kept).
+        """
+        return translate_texts(self, texts, attention=attention, progress=progress)  # type: ignore[arg-type]
+
+    def __call__(self, texts: list[str]) -> list[str]:
+        return [t.text for t in self.translate(texts)]
 
 
 def translate_texts(

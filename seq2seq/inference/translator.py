@@ -26,11 +26,9 @@ from seq2seq.data.vocab import BOS, EOS, PAD
 from seq2seq.devices import pick_device
 from seq2seq.inference.compress import for_inference
 from seq2seq.inference.engine import (
-    Translation,
+    PhasedEngine,
     banned_ids,
     encode_source,
-    finish,
-    translate_texts,
 )
 from seq2seq.inference.loading import load_models
 from seq2seq.models.contract import Decoder
@@ -40,7 +38,7 @@ from seq2seq.search import score as forced_score
 log = logging.getLogger("seq2seq")
 
 
-class Translator:
+class Translator(PhasedEngine):
     """Decodes raw text with a model and the tokenizers it was trained with.
 
     Args:
@@ -151,21 +149,6 @@ class Translator:
         first."""
         src = collate(Examples(rows, []), list(range(len(rows)))).src.to(self.device)
         return self.search(src, attention)
-
-    def finish(self, src_ids: list[int], hyps: list[Hypothesis]) -> Translation:
-        return finish(self.src_codec, self.tgt_codec, src_ids, hyps)
-
-    def translate(
-        self, texts: list[str], *, attention: bool = False, progress: bool = False
-    ) -> list[Translation]:
-        """Translate raw sentences; outputs come back in input order.
-
-        Empty or whitespace-only inputs give empty outputs (line alignment is kept).
-        """
-        return translate_texts(self, texts, attention=attention, progress=progress)
-
-    def __call__(self, texts: list[str]) -> list[str]:
-        return [t.text for t in self.translate(texts)]
 
     # ------------------------------------------------------------------ search
 

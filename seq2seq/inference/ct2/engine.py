@@ -22,11 +22,9 @@ from seq2seq.data.vocab import BOS, EOS, PAD, SPECIALS
 from seq2seq.errors import CheckpointError, ConfigError
 from seq2seq.inference.ct2.export import require_ctranslate2
 from seq2seq.inference.engine import (
-    Translation,
+    PhasedEngine,
     banned_ids,
     encode_source,
-    finish,
-    translate_texts,
 )
 from seq2seq.rundir import RunDir
 from seq2seq.search import Hypothesis, Rules
@@ -34,7 +32,7 @@ from seq2seq.search import Hypothesis, Rules
 log = logging.getLogger("seq2seq")
 
 
-class CTranslate2Translator:
+class CTranslate2Translator(PhasedEngine):
     """Translates raw text with a CTranslate2 export, like the native Translator.
 
     The same searches on another engine; what differs from native decoding:
@@ -158,22 +156,6 @@ class CTranslate2Translator:
             self._hypotheses(src, out, limit, attention)
             for src, out, limit in zip(pieces, outputs, limits, strict=True)
         ]
-
-    def finish(self, src_ids: list[int], hyps: list[Hypothesis]) -> Translation:
-        return finish(self.src_codec, self.tgt_codec, src_ids, hyps)
-
-    def translate(
-        self, texts: list[str], *, attention: bool = False, progress: bool = False
-    ) -> list[Translation]:
-        """Translate raw sentences; outputs come back in input order.
-
-        Empty or whitespace-only inputs give empty outputs (line alignment is kept).
-        ``progress`` shows one step: the texts go to CTranslate2 in one call.
-        """
-        return translate_texts(self, texts, attention=attention, progress=progress)
-
-    def __call__(self, texts: list[str]) -> list[str]:
-        return [t.text for t in self.translate(texts)]
 
     # ------------------------------------------------------------------ steps
 
