@@ -1,8 +1,13 @@
-"""The Python API: build, fit on sentence pairs, predict, evaluate, save and load."""
+"""The Python API: build, fit on sentence pairs, predict, evaluate, save and load.
+
+Most checks use a tiny char-level model fitted here on Python lists of pairs; the
+per-call decoding settings are checked on the trained reverse runs of tests/conftest.py.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from pathlib import Path
 
@@ -13,6 +18,7 @@ from seq2seq.api import Seq2Seq
 from seq2seq.config import Config, load_config
 from seq2seq.data.tasks import make_task
 from seq2seq.errors import CheckpointError, ConfigError, DataError
+from tests.conftest import REVERSE_SOURCES, REVERSE_TARGETS, agreement, texts_of
 
 SECTIONS = {
     "data": {"tokenizer": "char"},
@@ -130,6 +136,13 @@ def test_fit_skips_empty_pairs_and_rejects_none_usable(tmp_path: Path) -> None:
         Seq2Seq(**sections).fit([("", "x"), ("y", " ")], out=tmp_path / "bad")
 
 
+def test_fit_refuses_a_directory_holding_a_run(fitted: Seq2Seq) -> None:
+    before = (fitted.run_dir / "last.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a training run"):
+        Seq2Seq(**SECTIONS).fit(_pairs("train", 300), out=fitted.run_dir)
+    assert (fitted.run_dir / "last.safetensors").read_bytes() == before
+
+
 # ---------------------------------------------------------------------------- inference
 
 
@@ -211,6 +224,88 @@ def test_load_training_run_directory(fitted: Seq2Seq) -> None:
 def test_load_non_run_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a run directory"):
         Seq2Seq.load(tmp_path)
+
+
+# ---------------------------------------------------------------------------- decoding settings
+
+
+@pytest.fixture(scope="module")
+def api_models(reverse_runs: dict[str, Path]) -> dict[str, Seq2Seq]:
+    """The trained reverse runs (conftest), loaded through the API."""
+    return {name: Seq2Seq.load(run, device="cpu") for name, run in reverse_runs.items()}
+
+
+def test_predict_decode_overrides_are_per_call(api_models: dict, greedy_outputs: dict) -> None:
+    model, sources = api_models["rnn"], REVERSE_SOURCES
+    greedy = texts_of(greedy_outputs["rnn"])
+    assert model.predict(sources) == greedy
+    beam = model.predict(sources, method="beam", beam_size=3)
+    assert len(beam) == len(sources) and all(isinstance(t, str) for t in beam)
+    assert agreement(beam, REVERSE_TARGETS) >= 0.3
+    assert model.translator.decode.method == "greedy"
+    assert model.config.decode.method == "greedy"
+    assert model.predict(sources) == greedy  # a later plain call is greedy again
+    assert model.predict(sources, method="beam", beam_size=1) == greedy
+    sampled = model.predict(iter(sources), method="sample", seed=4, temperature=3.0)
+    assert model.predict(sources, method="sample", seed=4, temperature=3.0) == sampled
+    assert model.predict(sources, quantize="int8") == model.translator.configure(quantize="int8")(
+        sources
+    )
+    assert model.predict(sources) == greedy
+    with pytest.raises(ConfigError, match=r"decode\.beam_sise"):
+        model.predict(sources, beam_sise=3)
+
+
+def test_translate_with_attention_and_beam(arch: str, api_models: dict) -> None:
+    sources = [*REVERSE_SOURCES[:10], "", "a"]
+    results = api_models[arch].translate(
+        sources, attention=True, method="beam", beam_size=3, n_best=2
+    )
+    assert len(results) == len(sources)
+    for source, r in zip(sources, results, strict=True):
+        if not source:
+            assert r.text == "" and r.out_tokens == []
+            continue
+        assert r.src_tokens == [*source.split(), "</s>"]
+        assert r.out_tokens[: len(r.text.split())] == r.text.split()
+        assert r.attention is not None
+        assert tuple(r.attention.shape) == (len(r.out_tokens), len(r.src_tokens))
+        assert torch.allclose(r.attention.sum(-1), torch.ones(len(r.out_tokens)), atol=1e-4)
+        assert len(r.nbest) == 2 and r.nbest[0] == (r.text, r.score)
+    plain = api_models[arch].translate(sources, method="beam", beam_size=3, n_best=2)
+    assert [r.nbest for r in plain] == [r.nbest for r in results]
+    assert all(r.attention is None for r in plain)
+
+
+def test_translate_with_attention_and_sampling(api_models: dict) -> None:
+    results = api_models["transformer"].translate(
+        REVERSE_SOURCES[:8], attention=True, method="sample", seed=2, temperature=2.0
+    )
+    for r in results:
+        assert tuple(r.attention.shape) == (len(r.out_tokens), len(r.src_tokens))
+        assert torch.allclose(r.attention.sum(-1), torch.ones(len(r.out_tokens)), atol=1e-4)
+
+
+def test_score_is_the_translators(api_models: dict, reverse_translators: dict) -> None:
+    sources, targets = REVERSE_SOURCES, REVERSE_TARGETS
+    values = api_models["rnn"].score(sources, iter(targets))
+    assert len(values) == len(sources) and all(isinstance(v, float) for v in values)
+    expected = [v for v, _ in reverse_translators["rnn"].score(sources, targets)]
+    assert values == pytest.approx(expected, abs=1e-5)
+    assert math.isnan(api_models["rnn"].score(["a b"], [""])[0])
+
+
+def test_save_after_int8_or_bf16_keeps_the_trained_weights(
+    reverse_runs: dict, tmp_path: Path
+) -> None:
+    model = Seq2Seq.load(reverse_runs["transformer"], device="cpu")
+    plain = model.translator
+    trained = {k: v.clone() for k, v in plain.base_model.state_dict().items()}
+    for decode in ({"quantize": "int8"}, {"precision": "bf16"}):
+        model.translator = plain.configure(**decode)
+        saved = Seq2Seq.load(model.save(tmp_path / decode.popitem()[0]), device="cpu")
+        weights = saved.translator.model.state_dict()
+        assert all(torch.equal(weights[k], v) for k, v in trained.items())
 
 
 # ---------------------------------------------------------------------------- logging

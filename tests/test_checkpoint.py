@@ -1,4 +1,4 @@
-"""Checkpoints: exact round trips, clear errors, atomic writes, and no unpickling."""
+"""Checkpoints: exact round trips, clear errors, atomic writes, no unpickling, averaging."""
 
 import os
 import pickle
@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 import seq2seq.checkpoint as checkpoint
 from seq2seq.checkpoint import (
+    average_checkpoints,
     load_checkpoint,
     restore_model,
     restore_optimizer,
@@ -18,6 +19,7 @@ from seq2seq.checkpoint import (
 from seq2seq.config import ModelConfig
 from seq2seq.errors import CheckpointError
 from seq2seq.models.build import build_model
+from tests.conftest import tiny_transformer
 
 SRC_V, TGT_V = 11, 13
 CONFIG_TEXT = "model:\n  emb_dim: 8\n"
@@ -72,7 +74,7 @@ def test_model_round_trip_is_exact(saved):
     path, model, _ = saved
     ckpt = load_checkpoint(path)
     assert ckpt.path == path and ckpt.config_text == CONFIG_TEXT
-    assert {k: v for k, v in ckpt.trainer.items() if k != "_optimizer"} == TRAINER
+    assert ckpt.trainer == TRAINER
     fresh = make_model(seed=1)
     assert not torch.equal(fresh.decoder.embed.weight, model.decoder.embed.weight)
     restore_model(fresh, ckpt)
@@ -188,7 +190,44 @@ def test_optimizer_saved_without_trainer_state_can_resume(tmp_path):
     model = make_model()
     optimizer = trained(model)
     save_checkpoint(path, model, CONFIG_TEXT, optimizer=optimizer)
-    restore_optimizer(torch.optim.Adam(make_model(seed=1).parameters()), load_checkpoint(path))
+    ckpt = load_checkpoint(path)
+    assert ckpt.trainer is None
+    fresh = torch.optim.Adam(make_model(seed=1).parameters(), lr=1e-3)
+    restore_optimizer(fresh, ckpt)
+    want, got = optimizer.state_dict(), fresh.state_dict()
+    assert as_lists(got["param_groups"]) == as_lists(want["param_groups"])
+    assert want["state"].keys() == got["state"].keys() and len(want["state"]) > 0
+    for idx, slots in want["state"].items():
+        assert slots.keys() == got["state"][idx].keys()
+        for name, value in slots.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(got["state"][idx][name]))
+
+
+def test_average_of_identical_checkpoints_is_the_same(tmp_path):
+    model = tiny_transformer()
+    for name in ("a", "b"):
+        save_checkpoint(tmp_path / f"{name}.safetensors", model, "cfg")
+    average_checkpoints(
+        [tmp_path / "a.safetensors", tmp_path / "b.safetensors"], tmp_path / "avg.safetensors"
+    )
+    avg = load_checkpoint(tmp_path / "avg.safetensors").prefixed("model.")
+    for name, value in model.state_dict().items():
+        assert torch.equal(avg[name], value), name
+
+
+def test_average_is_the_mean(tmp_path):
+    one, two = tiny_transformer(), tiny_transformer()
+    with torch.no_grad():
+        for p in two.parameters():
+            p.add_(1.0)
+    save_checkpoint(tmp_path / "1.safetensors", one, "cfg")
+    save_checkpoint(tmp_path / "2.safetensors", two, "cfg")
+    average_checkpoints(
+        [tmp_path / "1.safetensors", tmp_path / "2.safetensors"], tmp_path / "avg.safetensors"
+    )
+    avg = load_checkpoint(tmp_path / "avg.safetensors").prefixed("model.")
+    for name, value in one.state_dict().items():
+        assert torch.allclose(avg[name], value + 0.5, atol=1e-6), name
 
 
 def test_failed_write_keeps_the_previous_checkpoint(saved, monkeypatch):

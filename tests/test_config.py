@@ -410,3 +410,32 @@ def test_model_errors_come_before_any_work(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-corpus"
     text = f"data: {{train: {missing}}}\nmodel: {{arch: transformer, hidden_dim: 30}}\n"
     assert "not divisible by model.heads=4" in _error(tmp_path, text)
+
+
+# ---------------------------------------------------------------------------- contradictions
+
+
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        (
+            {"model": {"arch": "transformer", "max_positions": 50}, "data": {"max_len": 60}},
+            "model.max_positions",
+        ),
+        ({"train": {"early_stop_metric": "bleu", "valid_bleu": False}}, "train.valid_bleu"),
+        ({"data": {"tokenizer": "char", "sp_model": "/x.model"}}, "data.sp_model"),
+        ({"train": {"schedule": "noam", "warmup_steps": 0}}, "train.warmup_steps"),
+    ],
+)
+def test_contradictory_settings_are_errors(raw: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        from_dict(raw)
+
+
+def test_share_embeddings_needs_joint_vocab() -> None:
+    with pytest.raises(ConfigError, match="data.joint_vocab"):
+        Config(model=ModelConfig(arch="transformer", share_embeddings=True))
+
+
+def test_training_precision_defaults_to_fp32() -> None:
+    assert TrainConfig().precision == "fp32"

@@ -1,4 +1,4 @@
-"""The demo: its config is the shipped example, and it writes its outputs."""
+"""The demo: its config is the shipped example, it learns the task, and it writes its outputs."""
 
 import json
 from pathlib import Path
@@ -13,12 +13,13 @@ def test_demo_config_is_the_shipped_example():
     assert load_config(ROOT / "examples" / "dates.yaml") == from_dict(DEMO_CONFIG)
 
 
-def test_demo_writes_metrics_and_attention(tmp_path, capsys):
-    metrics = run_demo(tmp_path, max_time=1.0)
+def test_demo_learns_the_dates_and_writes_its_outputs(tmp_path, capsys):
+    # The demo's own 1000 steps decide, not the clock (~90-120 s on a 2-core CPU).
+    metrics = run_demo(tmp_path, max_time=1200.0)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved == metrics
     assert {"exact_match", "bleu", "chrf", "bleu_signature"} <= set(saved)
-    assert 0.0 <= saved["exact_match"] <= 1.0
+    assert 0.99 <= saved["exact_match"] <= 1.0
     png = (tmp_path / "attention.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
     assert (tmp_path / "run" / "best.safetensors").is_file()

@@ -27,6 +27,7 @@ from seq2seq.data.vocab import BOS, PAD
 from seq2seq.errors import CheckpointError, ConfigError, DataError
 from seq2seq.inference import Translation, Translator
 from seq2seq.inference.ct2 import CTranslate2Translator, export_ctranslate2
+from tests.conftest import cli_error, cli_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "multi30k"
@@ -390,31 +391,26 @@ def test_multi30k_greedy_agrees_with_native(tmp_path: Path) -> None:
 
 
 def test_cli_export_then_translate_with_ctranslate2(one, tmp_path: Path, capsys) -> None:
-    from seq2seq.cli import main
-
     native, export = one
     out = tmp_path / "exported"
-    assert main(["export", str(native.run_dir), str(out), "--checkpoint", "last"]) == 0
-    assert "--engine ctranslate2" in capsys.readouterr().out
+    printed = cli_lines(["export", native.run_dir, out, "--checkpoint", "last"], capsys)
+    assert "--engine ctranslate2" in "\n".join(printed)
     source = tmp_path / "in.txt"
     source.write_text("".join(s + "\n" for s in SOURCES[:8]), encoding="utf-8")
-    args = ["translate", str(out), "-i", str(source), "--engine", "ctranslate2"]
-    assert main([*args, "--decode", "batch_tokens=600"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    args = ["translate", out, "-i", source, "--engine", "ctranslate2"]
+    lines = cli_lines([*args, "--decode", "batch_tokens=600"], capsys)
     assert lines == native.predict(SOURCES[:8])  # float32 weights: the same outputs
-    assert main([*args, "--quantize", "int8", "--beam", "3", "--nbest", "2"]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 2 * 8
+    assert (
+        len(cli_lines([*args, "--quantize", "int8", "--beam", "3", "--nbest", "2"], capsys))
+        == 2 * 8
+    )
 
 
 def test_cli_engine_errors_are_one_line(one, tmp_path: Path, capsys) -> None:
-    from seq2seq.cli import main
-
     native, export = one
-    assert main(["translate", str(native.run_dir), "--engine", "ctranslate2"]) == 2
-    assert "not a CTranslate2 export" in capsys.readouterr().err
-    assert main(["translate", str(export), "--engine", "ctranslate2", "--checkpoint", "x"]) == 2
-    assert "drop --checkpoint" in capsys.readouterr().err
+    message = cli_error(["translate", native.run_dir, "--engine", "ctranslate2"], capsys)
+    assert "not a CTranslate2 export" in message
+    argv = ["translate", export, "--engine", "ctranslate2", "--checkpoint", "x"]
+    assert "drop --checkpoint" in cli_error(argv, capsys)
     rnn = _fit(tmp_path / "rnn", {}, False, steps=2, arch="rnn")
-    assert main(["export", str(rnn.run_dir), str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err
-    assert "rnn" in err and "Traceback" not in err
+    assert "rnn" in cli_error(["export", rnn.run_dir, tmp_path / "o"], capsys)

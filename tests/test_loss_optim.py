@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from seq2seq.config import TrainConfig
-from seq2seq.training.loss import sequence_loss
+from seq2seq.data import vocab
+from seq2seq.data.batching import collate
+from seq2seq.training.loss import batch_loss, sequence_loss
 from seq2seq.training.optim import Schedule, build_optimizer
+from tests.conftest import random_examples, tiny_transformer
 
 PAD, V = 0, 7
 
@@ -70,6 +73,19 @@ def test_sequence_loss_computes_in_fp32_and_all_pad_is_zero():
     assert half.dtype == torch.float32
     assert half.item() == pytest.approx(sequence_loss(logits, target, PAD, 0.1).item(), rel=2e-2)
     assert sequence_loss(logits, torch.full_like(target, PAD), PAD, 0.1).item() == 0.0
+
+
+def test_loss_skipping_padding_equals_full_logits():
+    model, data = tiny_transformer(), random_examples()
+    batch = collate(data, list(range(len(data))))
+    full = torch.nn.functional.cross_entropy(
+        model(batch.src, batch.tgt_in).flatten(0, 1),
+        batch.tgt_out.flatten(),
+        ignore_index=vocab.PAD,
+        reduction="sum",
+    )
+    fast = batch_loss(model, batch.src, batch.tgt_in, batch.tgt_out, vocab.PAD)
+    assert fast.item() == pytest.approx(full.item(), rel=1e-5)
 
 
 def test_constant_schedule_warms_up_linearly_then_stays_flat():

@@ -135,3 +135,14 @@ def test_transformer_cached_decoding_equals_full_recompute():
         full = torch.log_softmax(m.out(m.decode_states(encoded, tgt[:, : t + 1]))[:, -1], -1)
         worst = max(worst, (cached - full).abs().max().item())
     assert worst < 1e-5
+
+
+def test_transformer_step_leaves_its_input_state_usable():
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="transformer", hidden_dim=16, ff_dim=32, dropout=0.0)
+    model = build_model(cfg, 20, 20).eval()
+    state = model.init_state(model.encode(torch.randint(3, 20, (2, 5))))
+    prev = torch.tensor([1, 1])
+    first, _, _ = model.step(prev, state)
+    again, _, _ = model.step(prev, state)  # same input state: same output
+    assert torch.equal(first, again)

@@ -176,6 +176,15 @@ def test_ensemble_averages_log_probabilities():
     assert attn.shape == (3, src.size(1))
 
 
+def test_greedy_never_runs_past_the_transformers_positions():
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="transformer", hidden_dim=16, ff_dim=32, max_positions=12, dropout=0.0)
+    model = build_model(cfg, 20, 20).eval()
+    src = torch.randint(3, 20, (2, 11))
+    hyps = greedy(model, src, Rules(bos=1, eos=2, max_len_a=3.0, max_len_b=50))
+    assert all(len(h.tokens) <= 12 for h in hyps)  # inputs BOS, y1..y11 fill 12 positions
+
+
 def test_min_len_banned_and_no_repeat_rules(model):
     src, _ = batch()
     rules = Rules(
