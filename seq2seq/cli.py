@@ -183,8 +183,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from seq2seq.inference.evaluate import check_aligned, check_metrics, evaluate
 
     names = check_metrics(args.metrics.split(","))
-    srcs, refs = read_lines(args.src), read_lines(args.ref)
-    check_aligned(srcs, refs, args.src, args.ref)
+    srcs, refs = read_lines(args.src), [read_lines(path) for path in args.ref]
+    for path, stream in zip(args.ref, refs, strict=True):
+        check_aligned(srcs, stream, args.src, path)
     _check_writable(args.hyp_out)
     result = evaluate(_translator(args), srcs, refs, names, progress=True)
     if args.hyp_out:
@@ -321,7 +322,13 @@ def _add_decoding_commands(sub) -> None:
     p = sub.add_parser("evaluate", help="translate a test set and score it")
     _add_model_args(p)
     p.add_argument("--src", required=True, help="source sentences, one a line")
-    p.add_argument("--ref", required=True, help="reference translations, line-aligned")
+    p.add_argument(
+        "--ref",
+        required=True,
+        action="append",
+        help="reference translations, line-aligned; repeat it for several references "
+        "(multi-reference BLEU/chrF, ROUGE takes the best reference)",
+    )
     p.add_argument(
         "--metrics",
         default="bleu,chrf",

@@ -1,45 +1,62 @@
 """Corpus-level evaluation metrics over detokenized text.
 
-Every function here is pure: it takes hypothesis and reference strings (one reference per
-hypothesis, already detokenized) and returns numbers, so translate, evaluate and training
-validation all score text the same way. BLEU and chrF come from sacrebleu and are returned
-with sacrebleu's signature string, which is what a reader needs to reproduce a reported score.
+Every function here is pure: it takes hypothesis and reference strings (already
+detokenized) and returns numbers, so translate, evaluate and training validation all score
+text the same way. References are one string per hypothesis, or several such streams
+(``[refs_a, refs_b, ...]``, as sacrebleu takes them) for multi-reference scoring. BLEU and
+chrF come from sacrebleu and are returned with sacrebleu's signature string, which is what a
+reader needs to reproduce a reported score; ROUGE comes with a signature of its own.
 """
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 
 from sacrebleu.metrics import BLEU, CHRF
 
 METRICS = ("bleu", "chrf", "rouge", "exact")
 
 _ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+References = Sequence[str] | Sequence[Sequence[str]]  # one stream, or several
 
 
-def _check_pairs(hyps: list[str], refs: list[str]) -> None:
-    """Reject inputs that cannot be scored pairwise.
+def reference_streams(refs: References) -> list[list[str]]:
+    """The reference streams of ``refs``: ``[refs]`` for one reference per hypothesis."""
+    if refs and isinstance(refs[0], str):
+        return [list(refs)]  # type: ignore[arg-type]
+    return [list(stream) for stream in refs]
+
+
+def _check_pairs(hyps: list[str], refs: References) -> list[list[str]]:
+    """Reject inputs that cannot be scored pairwise; returns the reference streams.
 
     Args:
         hyps: Hypothesis strings.
-        refs: Reference strings, one per hypothesis.
+        refs: Reference strings, one per hypothesis, or several such streams.
 
     Raises:
-        ValueError: If either list is empty or their lengths differ.
+        ValueError: If there are no hypotheses or a stream's length differs from theirs.
     """
-    if len(hyps) != len(refs):
-        raise ValueError(
-            f"cannot score {len(hyps)} hypotheses against {len(refs)} references; "
-            "each hypothesis needs exactly one reference"
-        )
+    streams = reference_streams(refs)
+    for stream in streams or [[]]:
+        if len(hyps) != len(stream):
+            raise ValueError(
+                f"cannot score {len(hyps)} hypotheses against {len(stream)} references; "
+                "each hypothesis needs exactly one reference"
+                + (" in every reference stream" if len(streams) > 1 else "")
+            )
     if not hyps:
         raise ValueError("cannot score an empty list of hypotheses")
+    return streams
 
 
-def bleu(hyps: list[str], refs: list[str]) -> tuple[float, str]:
+def bleu(hyps: list[str], refs: References) -> tuple[float, str]:
     """Corpus BLEU with sacrebleu's defaults (13a tokenization, cased, exp smoothing).
 
     Args:
         hyps: Detokenized hypothesis strings.
-        refs: Detokenized reference strings, one per hypothesis.
+        refs: Detokenized reference strings, one per hypothesis, or several such streams.
 
     Returns:
         The BLEU score (0-100) and sacrebleu's signature, e.g.
@@ -51,12 +68,12 @@ def bleu(hyps: list[str], refs: list[str]) -> tuple[float, str]:
     return _corpus_score(BLEU(), hyps, refs)
 
 
-def chrf(hyps: list[str], refs: list[str]) -> tuple[float, str]:
+def chrf(hyps: list[str], refs: References) -> tuple[float, str]:
     """Corpus chrF with sacrebleu's defaults (character 6-grams, beta 2, no word n-grams).
 
     Args:
         hyps: Detokenized hypothesis strings.
-        refs: Detokenized reference strings, one per hypothesis.
+        refs: Detokenized reference strings, one per hypothesis, or several such streams.
 
     Returns:
         The chrF score (0-100) and sacrebleu's signature string.
@@ -67,14 +84,14 @@ def chrf(hyps: list[str], refs: list[str]) -> tuple[float, str]:
     return _corpus_score(CHRF(), hyps, refs)
 
 
-def _corpus_score(metric, hyps: list[str], refs: list[str]) -> tuple[float, str]:
+def _corpus_score(metric, hyps: list[str], refs: References) -> tuple[float, str]:
     """Score with a fresh sacrebleu metric (they cache state such as the signature)."""
-    _check_pairs(hyps, refs)
-    return metric.corpus_score(hyps, [refs]).score, str(metric.get_signature())
+    streams = _check_pairs(hyps, refs)
+    return metric.corpus_score(hyps, streams).score, str(metric.get_signature())
 
 
-def rouge(hyps: list[str], refs: list[str]) -> dict[str, float]:
-    """Mean ROUGE-1, ROUGE-2 and ROUGE-L F1 over hypothesis/reference pairs.
+def rouge(hyps: list[str], refs: References) -> dict[str, float]:
+    """Mean ROUGE-1, ROUGE-2 and ROUGE-L F1 over hypotheses, as summarization reports them.
 
     Uses rouge-score's default tokenizer with the Porter stemmer, as in the original
     ROUGE-1.5.5 script: text is lowercased and every character outside ``[a-z0-9]`` becomes a
@@ -84,61 +101,84 @@ def rouge(hyps: list[str], refs: list[str]) -> dict[str, float]:
     or digits at all (Chinese, Arabic, Cyrillic, ...) yields no tokens and scores 0;
     use chrF for such languages.
 
+    With several reference streams each hypothesis takes, per ROUGE type, the F1 of its
+    best reference (rouge-score's ``score_multi``). When some reference has several
+    sentences, ``rougeLsum`` is added: ROUGE-L over sentences, split after ``.``, ``!``
+    or ``?`` followed by a space.
+
     Args:
         hyps: Detokenized hypothesis strings.
-        refs: Detokenized reference strings, one per hypothesis.
+        refs: Detokenized reference strings, one per hypothesis, or several such streams.
 
     Returns:
-        ``{"rouge1": f, "rouge2": f, "rougeL": f}`` with each F1 scaled to 0-100.
+        ``{"rouge1": f, "rouge2": f, "rougeL": f}`` (and ``rougeLsum``), F1 scaled to 0-100.
 
     Raises:
-        ValueError: If the lists are empty or differ in length.
+        ValueError: If there are no hypotheses or the lengths differ.
     """
-    _check_pairs(hyps, refs)
+    streams = _check_pairs(hyps, refs)
     from rouge_score import rouge_scorer  # imported on use: it pulls in nltk and absl
 
-    scorer = rouge_scorer.RougeScorer(list(_ROUGE_TYPES), use_stemmer=True)
-    totals = dict.fromkeys(_ROUGE_TYPES, 0.0)
-    for hyp, ref in zip(hyps, refs, strict=True):
-        # rouge-score takes (target, prediction): the reference comes first.
-        scores = scorer.score(ref, hyp)
-        for name in _ROUGE_TYPES:
+    sentences = any(len(_SENTENCE_END.split(r.strip())) > 1 for s in streams for r in s)
+    types = [*_ROUGE_TYPES, "rougeLsum"] if sentences else list(_ROUGE_TYPES)
+    scorer = rouge_scorer.RougeScorer(types, use_stemmer=True)
+    totals = dict.fromkeys(types, 0.0)
+    for i, hyp in enumerate(hyps):
+        # rouge-score takes (target, prediction): the reference comes first; rougeLsum
+        # reads one sentence a line.
+        targets = [_sentence_lines(stream[i]) for stream in streams]
+        scores = scorer.score_multi(targets, _sentence_lines(hyp))
+        for name in types:
             totals[name] += scores[name].fmeasure
     return {name: 100.0 * total / len(hyps) for name, total in totals.items()}
 
 
-def exact_match(hyps: list[str], refs: list[str]) -> float:
-    """Fraction of hypotheses identical to their reference, ignoring surrounding whitespace.
+def rouge_signature(refs: References) -> str:
+    """How :func:`rouge` scored, for the output beside its numbers."""
+    count = len(reference_streams(refs))
+    return f"rouge-score|F1|stemmer:porter|nrefs:{count}|multi:max|lsum:split:.!?"
+
+
+def _sentence_lines(text: str) -> str:
+    return "\n".join(_SENTENCE_END.split(text.strip()))
+
+
+def exact_match(hyps: list[str], refs: References) -> float:
+    """Fraction of hypotheses identical to a reference, ignoring surrounding whitespace.
 
     Args:
         hyps: Detokenized hypothesis strings.
-        refs: Detokenized reference strings, one per hypothesis.
+        refs: Detokenized reference strings, one per hypothesis, or several such streams
+            (a hypothesis matching any of its references counts).
 
     Returns:
         A fraction between 0 and 1 (not a percentage).
 
     Raises:
-        ValueError: If the lists are empty or differ in length.
+        ValueError: If there are no hypotheses or the lengths differ.
     """
-    _check_pairs(hyps, refs)
-    matches = sum(hyp.strip() == ref.strip() for hyp, ref in zip(hyps, refs, strict=True))
+    streams = _check_pairs(hyps, refs)
+    matches = sum(
+        any(hyp.strip() == stream[i].strip() for stream in streams) for i, hyp in enumerate(hyps)
+    )
     return matches / len(hyps)
 
 
 def compute(
-    hyps: list[str], refs: list[str], metrics: Iterable[str] = ("bleu",)
+    hyps: list[str], refs: References, metrics: Iterable[str] = ("bleu",)
 ) -> dict[str, float | str]:
     """Score hypotheses with several metrics at once.
 
     Args:
         hyps: Detokenized hypothesis strings.
-        refs: Detokenized reference strings, one per hypothesis.
+        refs: Detokenized reference strings, one per hypothesis, or several such streams.
         metrics: Names from :data:`METRICS`. A single name given as a plain string is
             accepted as one metric.
 
     Returns:
         A flat dict, in the order the metrics were named: ``bleu`` and ``bleu_signature``,
-        ``chrf`` and ``chrf_signature``, ``rouge1``/``rouge2``/``rougeL``, ``exact_match``.
+        ``chrf`` and ``chrf_signature``, ``rouge1``/``rouge2``/``rougeL`` (``rougeLsum``
+        for multi-sentence references) and ``rouge_signature``, ``exact_match``.
 
     Raises:
         ValueError: If a metric name is unknown, or the lists are empty or differ in length.
@@ -158,6 +198,7 @@ def compute(
             scores["chrf"], scores["chrf_signature"] = chrf(hyps, refs)
         elif name == "rouge":
             scores.update(rouge(hyps, refs))
+            scores["rouge_signature"] = rouge_signature(refs)
         else:
             scores["exact_match"] = exact_match(hyps, refs)
     return scores

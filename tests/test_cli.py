@@ -270,11 +270,34 @@ def test_evaluate_json(
     assert code == 0, err
     scores = json.loads(stdout)
     expected = {"bleu", "bleu_signature", "chrf", "chrf_signature", "rouge1", "rouge2"}
-    assert expected | {"rougeL", "exact_match"} == set(scores)
+    assert expected | {"rougeL", "rouge_signature", "exact_match"} == set(scores)
     assert 0.0 <= scores["exact_match"] <= 1.0
     assert 0.0 <= scores["bleu"] <= 100.0
     code, stdout, _ = run_cli(argv, capsys)  # the default metrics
     assert code == 0 and {"bleu", "chrf"} <= set(json.loads(stdout))
+
+
+def test_evaluate_with_several_references(
+    run_dir: Path, test_set: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    src, ref = test_set
+    hyps = tmp_path / "hyps.txt"
+    argv = ["evaluate", run_dir, "--src", src, "--ref", ref, "--json", "--hyp-out", hyps]
+    code, stdout, err = run_cli([*argv, "--metrics", "exact,bleu,rouge"], capsys)
+    assert code == 0, err
+    one = json.loads(stdout)
+    outputs = hyps.read_text(encoding="utf-8")
+    other = tmp_path / "other.ref"
+    other.write_text(outputs, encoding="utf-8")  # the outputs themselves: a perfect reference
+    code, stdout, err = run_cli([*argv, "--ref", other, "--metrics", "exact,bleu,rouge"], capsys)
+    assert code == 0, err
+    two = json.loads(stdout)
+    assert two["exact_match"] == 1.0 and two["rouge1"] >= one["rouge1"]
+    assert "nrefs:2" in two["bleu_signature"] and "nrefs:2" in two["rouge_signature"]
+    assert two["bleu"] >= one["bleu"]
+    other.write_text("one line\n", encoding="utf-8")
+    message = cli_error(["evaluate", run_dir, "--src", src, "--ref", ref, "--ref", other], capsys)
+    assert f"{src} has 3 lines but {other} has 1" in message
 
 
 # ---------------------------------------------------------------------------- decoding options

@@ -66,9 +66,11 @@ def test_compute_with_all_metrics_returns_every_key():
         "rouge1",
         "rouge2",
         "rougeL",
+        "rouge_signature",
         "exact_match",
     }
     assert isinstance(scores["bleu_signature"], str)
+    assert "stemmer:porter" in scores["rouge_signature"]
     assert scores["exact_match"] == pytest.approx(0.0)
 
 
@@ -114,3 +116,52 @@ def test_format_table_decimals_and_alignment():
         "bleu          34.12",
         "exact_match  0.9700",
     ]
+
+
+# ---------------------------------------------------------------------------- several references
+
+OTHER = ["the cat is sitting on the mat", "a dog barked loudly at night", "hi world"]
+
+
+def test_multi_reference_bleu_and_chrf_match_sacrebleu():
+    score, signature = metrics.bleu(HYPS, [REFS, OTHER])
+    assert score == pytest.approx(sacrebleu.corpus_bleu(HYPS, [REFS, OTHER]).score)
+    assert score > metrics.bleu(HYPS, REFS)[0] and "nrefs:2" in signature
+    chrf, _ = metrics.chrf(HYPS, [REFS, OTHER])
+    assert chrf == pytest.approx(sacrebleu.corpus_chrf(HYPS, [REFS, OTHER]).score)
+
+
+def test_multi_reference_rouge_takes_each_hypothesis_best_reference():
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    expected = {name: 0.0 for name in ("rouge1", "rouge2", "rougeL")}
+    for hyp, a, b in zip(HYPS, REFS, OTHER, strict=True):
+        for name, score in scorer.score_multi([a, b], hyp).items():
+            expected[name] += 100.0 * score.fmeasure / len(HYPS)
+    got = metrics.rouge(HYPS, [REFS, OTHER])
+    assert got == pytest.approx(expected)
+    assert got["rouge1"] > metrics.rouge(HYPS, REFS)["rouge1"]
+    assert metrics.rouge_signature([REFS, OTHER]).startswith("rouge-score|F1|stemmer:porter")
+
+
+def test_exact_match_counts_any_reference():
+    assert metrics.exact_match(HYPS, [REFS, OTHER]) == pytest.approx(1 / 3)
+
+
+def test_rouge_lsum_only_for_references_with_several_sentences():
+    from rouge_score import rouge_scorer
+
+    hyps = ["Jerry is happy! Amanda baked cookies."]  # the reference's sentences, swapped
+    refs = ["Amanda baked cookies. Jerry is happy!"]
+    got = metrics.rouge(hyps, refs)
+    scorer = rouge_scorer.RougeScorer(["rougeLsum"], use_stemmer=True)
+    lines = [text.replace(". ", ".\n").replace("! ", "!\n") for text in (refs[0], hyps[0])]
+    assert got["rougeLsum"] == pytest.approx(100 * scorer.score(*lines)["rougeLsum"].fmeasure)
+    assert got["rougeLsum"] == pytest.approx(100.0) and got["rougeL"] < 75.0
+    assert "rougeLsum" not in metrics.rouge(HYPS, REFS)
+
+
+def test_every_reference_stream_must_match_the_hypotheses():
+    with pytest.raises(ValueError, match="3 hypotheses against 2 references.*in every reference stream"):
+        metrics.bleu(HYPS, [REFS, OTHER[:2]])

@@ -43,19 +43,22 @@ def check_aligned(sources: list[str], refs: list[str], src_name: str, ref_name: 
 def evaluate(
     engine: Engine,
     sources: list[str],
-    refs: list[str],
+    refs: metrics_lib.References,
     metrics: Iterable[str] = ("bleu", "chrf"),
     *,
     progress: bool = False,
 ) -> Evaluation:
-    """Translate ``sources`` with ``engine`` and score the outputs against ``refs``.
+    """Translate ``sources`` with ``engine`` and score the outputs against ``refs``: one
+    reference per source, or several such streams (multi-reference BLEU, chrF, ROUGE and
+    exact match).
 
     Raises:
         ConfigError: an unknown metric.
         DataError: sources and references differ in number, or there are none.
     """
     names = check_metrics(metrics)
-    check_aligned(sources, refs, "the sources", "the references")
+    for stream in metrics_lib.reference_streams(refs):
+        check_aligned(sources, stream, "the sources", "the references")
     hyps = [t.text for t in engine.translate(sources, progress=progress)]
     try:
         return Evaluation(metrics_lib.compute(hyps, refs, names), hyps)
