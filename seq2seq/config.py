@@ -56,6 +56,8 @@ class DataConfig:
     joint_vocab: bool = False  # one tokenizer + vocabulary for both sides
     min_freq: int = _opt(1, lo=1)  # char/word: rarer pieces become <unk>
     max_len: int = _opt(100, lo=1)  # drop training pairs longer (tokens)
+    max_src_len: int | None = _opt(None, lo=1)  # cut longer sources (tokens) instead
+    max_tgt_len: int | None = _opt(None, lo=1)  # drop pairs with longer targets; None: max_len
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,16 @@ def conflicts(cfg: Any) -> list[str]:
             f"data.max_len={data.max_len} (+ EOS) exceeds model.max_positions="
             f"{model.max_positions}: raise model.max_positions or lower data.max_len",
         ),
+        *(
+            (
+                model.arch == "transformer"
+                and limit is not None
+                and limit + 1 > model.max_positions,
+                f"data.{key}={limit} (+ EOS) exceeds model.max_positions={model.max_positions}: "
+                f"raise model.max_positions or lower data.{key}",
+            )
+            for key, limit in (("max_src_len", data.max_src_len), ("max_tgt_len", data.max_tgt_len))
+        ),
         (
             train.early_stop_metric == "bleu" and not train.valid_bleu,
             "train.early_stop_metric: bleu needs train.valid_bleu: true (or use loss)",

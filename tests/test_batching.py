@@ -6,7 +6,14 @@ import random
 import pytest
 import torch
 
-from seq2seq.data.batching import Examples, collate, filter_long, padding_fraction, token_batches
+from seq2seq.data.batching import (
+    Examples,
+    collate,
+    cut_sources,
+    filter_long,
+    padding_fraction,
+    token_batches,
+)
 from seq2seq.data.vocab import BOS, EOS, PAD
 
 BATCH_TOKENS = 64
@@ -170,3 +177,23 @@ def test_filter_long_source_only_examples(caplog):
         kept = filter_long(examples, 4, "test")
     assert kept == Examples(src=[[5] * 2], tgt=[])
     assert "dropped 1 of 2" in caplog.text
+
+
+def test_filter_long_with_a_separate_target_limit(caplog):
+    examples = Examples(src=[[5] * 9, [5] * 2, [5] * 2], tgt=[[6] * 2, [6] * 5, [6] * 2])
+    with caplog.at_level(logging.WARNING, logger="seq2seq"):
+        kept = filter_long(examples, None, "train", max_tgt_len=4)  # sources unlimited
+    assert kept == Examples(src=[[5] * 9, [5] * 2], tgt=[[6] * 2, [6] * 2])
+    assert "dropped 1 of 3" in caplog.text and "data.max_tgt_len" in caplog.text
+    assert filter_long(examples, 4, "train", max_tgt_len=9) == Examples(
+        [[5] * 2] * 2, [[6] * 5, [6] * 2]
+    )
+
+
+def test_cut_sources_keeps_every_pair_and_logs_the_count(caplog):
+    examples = Examples(src=[[5] * 9, [5] * 2], tgt=[[6], [7]])
+    with caplog.at_level(logging.INFO, logger="seq2seq"):
+        cut = cut_sources(examples, 4, "train")
+    assert cut == Examples(src=[[5] * 4, [5] * 2], tgt=[[6], [7]])
+    assert "cut 1 of 2 sources to 4 tokens (data.max_src_len)" in caplog.text
+    assert cut_sources(cut, 4, "train") is cut

@@ -439,3 +439,10 @@ def test_share_embeddings_needs_joint_vocab() -> None:
 
 def test_training_precision_defaults_to_fp32() -> None:
     assert TrainConfig().precision == "fp32"
+
+
+def test_source_and_target_limits_must_fit_the_transformer(tmp_path: Path) -> None:
+    base = "model: {arch: transformer, max_positions: 64}\ndata: {max_len: 50, "
+    assert "data.max_src_len=64 (+ EOS) exceeds" in _error(tmp_path, base + "max_src_len: 64}")
+    assert "data.max_tgt_len=80 (+ EOS) exceeds" in _error(tmp_path, base + "max_tgt_len: 80}")
+    assert load_config(_yaml(tmp_path, base + "max_src_len: 63}")).data.max_src_len == 63

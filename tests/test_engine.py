@@ -233,3 +233,17 @@ def test_finish_labels_attention_alike_in_both_engines(ct2_engine, translators: 
     assert ported.src_tokens == native.src_tokens and ported.src_tokens[-1] == "</s>"
     assert ported.attention.shape == (len(ported.out_tokens), len(ported.src_tokens))
     assert torch.allclose(ported.attention.sum(1), torch.ones(len(ported.out_tokens)), atol=1e-4)
+
+
+def test_the_translator_cuts_sources_as_training_did(runs: dict) -> None:
+    translator = Translator.from_run(runs["rnn"].path, device="cpu")
+    cut = Translator(
+        translator.base_model,
+        translator.src_codec,
+        translator.tgt_codec,
+        translator.decode,
+        max_src_len=4,
+    )
+    assert [len(r) for r in cut.encode(["March 3, 2021", "1 a"])] == [4, 3]
+    assert [len(r) for r in cut.configure(method="beam").encode(["March 3, 2021"])] == [4]
+    assert len(translator.encode(["March 3, 2021"])[0]) == len("March 3, 2021")

@@ -163,5 +163,7 @@ def test_rouge_lsum_only_for_references_with_several_sentences():
 
 
 def test_every_reference_stream_must_match_the_hypotheses():
-    with pytest.raises(ValueError, match="3 hypotheses against 2 references.*in every reference stream"):
+    with pytest.raises(
+        ValueError, match="3 hypotheses against 2 references.*in every reference stream"
+    ):
         metrics.bleu(HYPS, [REFS, OTHER[:2]])

@@ -343,3 +343,16 @@ def test_accumulate_consumes_that_many_batches_per_step(tmp_path: Path) -> None:
 def test_fp16_off_cuda_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         _trainer(tmp_path, tiny_transformer(), random_examples(), precision="fp16")
+
+
+def test_long_sources_are_cut_not_dropped_in_training_and_decoding(tmp_path: Path) -> None:
+    data = {"task": "reverse", "task_size": 200, "tokenizer": "word", "max_src_len": 3}
+    cfg = from_dict({"data": data})
+    text = load_split(cfg.data, "train")
+    src, tgt = fit_codecs(cfg.data, text, RunDir(tmp_path / "codecs"))
+    cut = encode(text, src, tgt, 3, max_src_len=3, max_tgt_len=100)
+    assert len(cut) == len(text.src)  # every pair kept
+    assert max(len(row) for row in cut.src) == 3 < max(len(t.split()) for t in text.src)
+    assert cut.tgt == [tgt.encode(t) for t in text.tgt]  # targets whole
+    dropped = encode(text, src, tgt, 3)  # without max_src_len, max_len drops the long pairs
+    assert len(dropped) < len(text.src)

@@ -51,20 +51,51 @@ class Batch:
         return Batch(move(self.src), move(self.tgt_in), move(self.tgt_out), self.index)
 
 
-def filter_long(examples: Examples, max_len: int, name: str) -> Examples:
-    """Drop pairs whose source or target exceeds ``max_len`` tokens; log how many."""
-    keep = [i for i in range(len(examples)) if _size(examples, i) - 1 <= max_len]
+def filter_long(
+    examples: Examples, max_len: int | None, name: str, *, max_tgt_len: int | None = None
+) -> Examples:
+    """Drop pairs whose source exceeds ``max_len`` tokens or whose target exceeds
+    ``max_tgt_len`` (``max_len`` when None); log how many.
+
+    ``max_len`` None leaves sources unlimited (they were cut to ``data.max_src_len``).
+    """
+    tgt_limit = max_tgt_len if max_tgt_len is not None else max_len
+
+    def fits(i: int) -> bool:
+        src_ok = max_len is None or len(examples.src[i]) <= max_len
+        return src_ok and (
+            not examples.tgt or tgt_limit is None or len(examples.tgt[i]) <= tgt_limit
+        )
+
+    keep = [i for i in range(len(examples)) if fits(i)]
     dropped = len(examples) - len(keep)
     if dropped:
-        log.warning(
-            "%s: dropped %d of %d pairs longer than %d tokens (data.max_len)",
-            name,
-            dropped,
-            len(examples),
-            max_len,
-        )
+        if tgt_limit == max_len:
+            limit = f"longer than {max_len} tokens (data.max_len)"
+        else:
+            limit = (
+                f"over the length limits (source: {max_len or 'any'}, target: {tgt_limit} "
+                "tokens; data.max_len, data.max_tgt_len)"
+            )
+        log.warning("%s: dropped %d of %d pairs %s", name, dropped, len(examples), limit)
     tgt = [examples.tgt[i] for i in keep] if examples.tgt else []
     return Examples([examples.src[i] for i in keep], tgt)
+
+
+def cut_sources(examples: Examples, max_src_len: int, name: str) -> Examples:
+    """Cut sources to their first ``max_src_len`` tokens (long inputs keep their pair);
+    log how many were cut."""
+    cut = sum(len(row) > max_src_len for row in examples.src)
+    if not cut:
+        return examples
+    log.info(
+        "%s: cut %d of %d sources to %d tokens (data.max_src_len)",
+        name,
+        cut,
+        len(examples),
+        max_src_len,
+    )
+    return Examples([row[:max_src_len] for row in examples.src], examples.tgt)
 
 
 def _size(examples: Examples, i: int) -> int:

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from seq2seq.config import DataConfig
-from seq2seq.data.batching import Examples, filter_long
+from seq2seq.data.batching import Examples, cut_sources, filter_long
 from seq2seq.data.cache import encode_cached
 from seq2seq.data.corpus import ParallelText, read_parallel
 from seq2seq.data.tasks import make_task
@@ -107,16 +107,28 @@ def encode(
     tgt: TextCodec,
     max_len: int | None,
     cache_dir: Path | None = None,
+    *,
+    max_src_len: int | None = None,
+    max_tgt_len: int | None = None,
 ) -> Examples:
-    """Encode sentence pairs (through the cache in ``cache_dir`` when given); with
-    ``max_len`` drop (and count) longer pairs.
+    """Encode sentence pairs (through the cache in ``cache_dir`` when given).
+
+    With ``max_src_len`` longer sources are cut to it and keep their pair; pairs whose
+    target exceeds ``max_tgt_len`` (else ``max_len``), or without ``max_src_len`` whose
+    source exceeds ``max_len``, are dropped (and counted).
 
     Raises:
         DataError: no pairs are left.
     """
     examples = encode_cached(text, src, tgt, cache_dir)
-    if max_len:
-        examples = filter_long(examples, max_len, text.name)
+    if max_src_len:
+        examples = cut_sources(examples, max_src_len, text.name)
+    if max_len or max_tgt_len:
+        src_limit = None if max_src_len else max_len  # cut sources need no limit
+        examples = filter_long(examples, src_limit, text.name, max_tgt_len=max_tgt_len or max_len)
     if not len(examples):
-        raise DataError(f"{text.name}: no sentence pairs left within data.max_len={max_len}")
+        raise DataError(
+            f"{text.name}: no sentence pairs left within data.max_len={max_len}"
+            + (f" / data.max_tgt_len={max_tgt_len}" if max_tgt_len else "")
+        )
     return examples

@@ -144,9 +144,14 @@ def finish(
     return Translation(texts[0][0], best.score, src_tokens, out_tokens, weights, texts)
 
 
-def encode_source(codec: TextCodec, text: str, max_positions: int | None) -> list[int]:
-    """Source ids of ``text`` (without EOS), cut with a warning to fit the model's positions."""
+def encode_source(
+    codec: TextCodec, text: str, max_positions: int | None, max_src_len: int | None = None
+) -> list[int]:
+    """Source ids of ``text`` (without EOS): cut to ``max_src_len`` as in training
+    (``data.max_src_len``), and with a warning to fit the model's positions."""
     ids = codec.encode(text)
+    if max_src_len is not None:
+        ids = ids[:max_src_len]
     if max_positions is not None and len(ids) + 1 > max_positions:  # + EOS
         log.warning(
             "a source of %d tokens is cut to the model's %d positions", len(ids) + 1, max_positions

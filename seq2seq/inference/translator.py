@@ -47,6 +47,7 @@ class Translator(PhasedEngine):
         src_codec, tgt_codec: tokenizer + vocabulary of each side.
         decode: search settings (method, beam, sampling, limits, precision, int8).
         prepared: the inference copy of ``model`` for ``decode`` when one exists already.
+        max_src_len: sources are cut to this many tokens, as in training (``data.max_src_len``).
 
     Raises:
         ConfigError: a banned token that is not in the target vocabulary, or int8
@@ -60,8 +61,11 @@ class Translator(PhasedEngine):
         tgt_codec: TextCodec,
         decode: DecodeConfig,
         prepared: Decoder | None = None,
+        *,
+        max_src_len: int | None = None,
     ):
         self.src_codec, self.tgt_codec, self.decode = src_codec, tgt_codec, decode
+        self.max_src_len = max_src_len
         self.base_model = model  # the weights as trained (saved by Seq2Seq.save)
         self.model = prepared if prepared is not None else for_inference(model.eval(), decode)
         self.rules = Rules(
@@ -110,7 +114,7 @@ class Translator(PhasedEngine):
             cfg = cfg.replace(decode=decode)
         joined = models[0] if len(models) == 1 else Ensemble(models)
         joined.to(pick_device(device))  # int8 on a GPU is refused by the constructor
-        return cls(joined, *codecs, cfg.decode)
+        return cls(joined, *codecs, cfg.decode, max_src_len=cfg.data.max_src_len)
 
     def configure(self, **decode) -> Translator:
         """A Translator over the same weights with some decode settings changed,
@@ -128,13 +132,21 @@ class Translator(PhasedEngine):
             self.decode.precision,
         )
         prepared = self.model if same else None  # int8/bf16 copies are made once
-        return Translator(self.base_model, self.src_codec, self.tgt_codec, settings, prepared)
+        return Translator(
+            self.base_model,
+            self.src_codec,
+            self.tgt_codec,
+            settings,
+            prepared,
+            max_src_len=self.max_src_len,
+        )
 
     # ------------------------------------------------------------------ the phases
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Source ids of each text (without EOS), cut to the model's positions."""
-        return [encode_source(self.src_codec, text, self.model.max_positions) for text in texts]
+        limit = self.model.max_positions
+        return [encode_source(self.src_codec, t, limit, self.max_src_len) for t in texts]
 
     def batches(self, rows: list[list[int]]) -> list[list[int]]:
         """Length-sorted groups of row indices within ``decode.batch_tokens``."""

@@ -92,12 +92,20 @@ def prepare(
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     run.save_config(cfg)
-    if resume:
-        src_codec, tgt_codec = load_codecs(cfg.data, run)
-    else:
-        src_codec, tgt_codec = fit_codecs(cfg.data, train_text, run)
-    train_ex = encode(train_text, src_codec, tgt_codec, cfg.data.max_len, run.cache)
-    valid_ex = encode(valid_text, src_codec, tgt_codec, None, run.cache) if valid_text else None
+    codecs = load_codecs(cfg.data, run) if resume else fit_codecs(cfg.data, train_text, run)
+    src_codec, tgt_codec = codecs
+    data = cfg.data
+    train_ex = encode(
+        train_text,
+        *codecs,
+        data.max_len,
+        run.cache,
+        max_src_len=data.max_src_len,
+        max_tgt_len=data.max_tgt_len,
+    )
+    valid_ex = None
+    if valid_text:
+        valid_ex = encode(valid_text, *codecs, None, run.cache, max_src_len=data.max_src_len)
     device = pick_device(cfg.train.device)
     model = build_model(cfg.model, len(src_codec.vocab), len(tgt_codec.vocab)).to(device)
     millions = sum(p.numel() for p in model.parameters()) / 1e6
@@ -106,7 +114,8 @@ def prepare(
     if valid_text is not None:
         # Validation decodes the live weights: never an int8 or bf16 copy of them.
         live = dataclasses.replace(cfg.decode, quantize="none", precision="fp32")
-        score_fn = _bleu_of(Translator(model, src_codec, tgt_codec, live), valid_text)
+        translator = Translator(model, *codecs, live, max_src_len=data.max_src_len)
+        score_fn = _bleu_of(translator, valid_text)
     trainer = Trainer(cfg, model, train_ex, valid_ex, run, device, score_fn)
     if resume:
         trainer.resume()

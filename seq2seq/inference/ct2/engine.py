@@ -63,6 +63,7 @@ class CTranslate2Translator(PhasedEngine):
         src_codec, tgt_codec: tokenizer + vocabulary of each side.
         decode: search settings.
         max_positions: the model's longest sequence (``model.max_positions``).
+        max_src_len: sources are cut to this many tokens, as in training (``data.max_src_len``).
     """
 
     def __init__(
@@ -72,9 +73,11 @@ class CTranslate2Translator(PhasedEngine):
         tgt_codec: TextCodec,
         decode: DecodeConfig,
         max_positions: int,
+        max_src_len: int | None = None,
     ):
         self.translator, self.src_codec, self.tgt_codec = translator, src_codec, tgt_codec
         self.decode, self.max_positions = decode, max_positions
+        self.max_src_len = max_src_len
         self._banned = self._banned_pieces()
         self._seed: int | None = secrets.randbits(32) if decode.seed is None else decode.seed
         self._seed_lock = threading.Lock()
@@ -125,13 +128,14 @@ class CTranslate2Translator(PhasedEngine):
         if compute_type is None:
             compute_type = compute_type_for(decode)
         translator = _load_translator(ct2, export.path, device, compute_type, threads)
-        return cls(translator, *codecs, decode, cfg.model.max_positions)
+        return cls(translator, *codecs, decode, cfg.model.max_positions, cfg.data.max_src_len)
 
     # ------------------------------------------------------------------ the phases
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Source ids of each text (without EOS), cut to the model's positions."""
-        return [encode_source(self.src_codec, text, self.max_positions) for text in texts]
+        limit = self.max_positions
+        return [encode_source(self.src_codec, t, limit, self.max_src_len) for t in texts]
 
     def batches(self, rows: list[list[int]]) -> list[list[int]]:
         """All rows in one length-sorted call: CTranslate2 batches by tokens itself."""
