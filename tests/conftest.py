@@ -46,6 +46,15 @@ def _same_threads() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for a whole module: several Python threads (or another job)
+    share the CPU there, and OpenMP workers spin while they wait."""
+    with same_threads():
+        torch.set_num_threads(1)
+        yield
+
+
 # ---------------------------------------------------------------------------- tiny models and data
 
 TINY_VOCAB = 40  # source and target vocabulary of tiny_transformer() and random_examples()

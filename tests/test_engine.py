@@ -62,14 +62,7 @@ def _write_run(path: Path, arch: str) -> RunDir:
     return run
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # Several Python threads decode at once here: one intra-op thread each keeps the
-    # CPU from being oversubscribed (OpenMP workers spin while they wait).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

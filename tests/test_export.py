@@ -46,13 +46,7 @@ VARIANTS = {
 SOURCES = make_task("dates", "test", 60, 3)[0] + ["", "   ", "7/4/1999 " * 12]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # A long job shares this machine's CPUs; one thread also makes timings steadier.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _fit(out: Path, model: dict, joint: bool, steps: int = 100, arch: str = "transformer"):
