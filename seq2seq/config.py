@@ -77,6 +77,7 @@ class ModelConfig:
     input_feeding: bool = _opt(True, family="rnn")  # Luong: feed h~ to the next step
     dropout: float = _opt(0.2, lo=0.0, hi=0.99)  # dropout probability
     tie_embeddings: bool = False  # decoder embedding = output layer
+    copy: bool = False  # pointer-generator: also copy source tokens (needs data.joint_vocab)
     share_embeddings: bool = _opt(False, family="transformer")  # src = tgt = output
     heads: int = _opt(4, lo=1, family="transformer")  # attention heads
     ff_dim: int = _opt(1024, lo=1, family="transformer")  # feed-forward size

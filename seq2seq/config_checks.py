@@ -47,6 +47,11 @@ def model_conflicts(model: Any) -> list[str]:
                 f"(got {model.emb_dim} and {model.hidden_dim})",
             ),
             (
+                model.copy and model.attention == "none",
+                "model.copy: the copy head copies through attention; set model.attention "
+                "to bahdanau or luong",
+            ),
+            (
                 model.attention != "luong" and model.attention_score != "general",
                 f"model.attention_score: only Luong attention uses it, but model.attention is "
                 f"{model.attention!r}; remove the key (it would be ignored)",
@@ -64,6 +69,11 @@ def conflicts(cfg: Any) -> list[str]:
     """Settings that are valid one by one but contradict each other (none ignored silently)."""
     data, model, train, decode = cfg.data, cfg.model, cfg.train, cfg.decode
     checks = [
+        (
+            model.copy and not data.joint_vocab,
+            "model.copy: copying a source token needs it in the target vocabulary: set "
+            "data.joint_vocab: true",
+        ),
         (
             model.share_embeddings and not data.joint_vocab,
             "model.share_embeddings: encoder and decoder can share one embedding table only "

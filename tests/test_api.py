@@ -335,3 +335,30 @@ def test_fit_respects_application_log_level(tmp_path: Path) -> None:
     assert "step 1" in (tmp_path / "train.log").read_text(encoding="utf-8")
     assert leaked == []
     assert level_after == old_pkg
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"emb_dim": 16, "hidden_dim": 32, "copy": True},
+        {"arch": "transformer", "hidden_dim": 32, "ff_dim": 64, "copy": True},
+    ],
+    ids=["gru-copy", "transformer-copy"],
+)
+def test_copy_models_train_decode_and_reload(model: dict, tmp_path: Path) -> None:
+    fitted = Seq2Seq(
+        data={"task": "reverse", "task_size": 400, "tokenizer": "word", "joint_vocab": True},
+        model={"dropout": 0.1, **model},
+        train={"max_steps": 30, "batch_tokens": 400, "valid_every": 15, "device": "cpu"},
+    )
+    history = fitted.fit(out=tmp_path / "run")
+    assert history and all("valid_loss" in r for r in history)
+    texts = ["a b c", "", "x y"]
+    greedy = fitted.predict(texts)
+    assert len(greedy) == 3 and greedy[1] == ""
+    assert len(fitted.predict(texts, method="beam", beam_size=3)) == 3
+    assert len(fitted.predict(texts, quantize="int8")) == 3
+    assert len(fitted.predict(texts, precision="bf16")) == 3
+    scores = fitted.score(["a b c"], ["c b a"])
+    assert scores[0] < 0.0
+    assert Seq2Seq.load(tmp_path / "run", device="cpu").predict(texts) == greedy

@@ -266,3 +266,16 @@ def test_loading_never_unpickles(saved, monkeypatch):
     restore_model(fresh, ckpt)
     restore_optimizer(torch.optim.Adam(fresh.parameters()), ckpt)
     assert torch.equal(fresh.decoder.embed.weight, model.decoder.embed.weight)
+
+
+@pytest.mark.parametrize("saved_copy", [False, True])
+def test_a_copy_model_and_a_plain_one_refuse_each_others_weights(tmp_path, saved_copy):
+    def model(copy: bool):
+        cfg = ModelConfig(emb_dim=8, hidden_dim=8, dropout=0.0, copy=copy)
+        return build_model(cfg, 12, 12)
+
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, model(saved_copy), CONFIG_TEXT)
+    word = "unexpected" if saved_copy else "missing"
+    with pytest.raises(CheckpointError, match=rf"do not fit this model \({word} copy\.gate"):
+        restore_model(model(not saved_copy), load_checkpoint(path))

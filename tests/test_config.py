@@ -446,3 +446,11 @@ def test_source_and_target_limits_must_fit_the_transformer(tmp_path: Path) -> No
     assert "data.max_src_len=64 (+ EOS) exceeds" in _error(tmp_path, base + "max_src_len: 64}")
     assert "data.max_tgt_len=80 (+ EOS) exceeds" in _error(tmp_path, base + "max_tgt_len: 80}")
     assert load_config(_yaml(tmp_path, base + "max_src_len: 63}")).data.max_src_len == 63
+
+
+def test_copy_needs_a_joint_vocabulary_and_attention(tmp_path: Path) -> None:
+    assert "set data.joint_vocab: true" in _error(tmp_path, "model: {copy: true}\n")
+    text = "data: {joint_vocab: true}\nmodel: {copy: true, attention: none}\n"
+    assert "model.copy: the copy head copies through attention" in _error(tmp_path, text)
+    text = "data: {joint_vocab: true}\nmodel: {arch: transformer, copy: true}\n"
+    assert load_config(_yaml(tmp_path, text)).model.copy

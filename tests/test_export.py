@@ -408,3 +408,12 @@ def test_cli_engine_errors_are_one_line(one, tmp_path: Path, capsys) -> None:
     assert "drop --checkpoint" in cli_error(argv, capsys)
     rnn = _fit(tmp_path / "rnn", {}, False, steps=2, arch="rnn")
     assert "rnn" in cli_error(["export", rnn.run_dir, tmp_path / "o"], capsys)
+
+
+def test_a_copy_transformer_cannot_be_exported(tmp_path: Path) -> None:
+    pytest.importorskip("ctranslate2")
+    run = tmp_path / "copy"
+    _fit(run, {"copy": True}, True, steps=1)
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(run))}: .*no copy head"):
+        export_ctranslate2(run, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

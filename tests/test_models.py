@@ -8,7 +8,7 @@ from seq2seq.models.build import build_model
 from seq2seq.search import Rules, greedy
 
 PAD, BOS, EOS = 0, 1, 2
-SRC_V, TGT_V = 23, 19
+SRC_V, TGT_V = 19, 23  # source ids are target ids too (copy heads need that)
 
 VARIANTS = {
     "gru-none": dict(attention="none"),
@@ -22,6 +22,9 @@ VARIANTS = {
     "transformer-post-learned": dict(
         arch="transformer", ff_dim=32, norm="post", positions="learned", tie_embeddings=True
     ),
+    "gru-bahdanau-copy": dict(attention="bahdanau", copy=True),
+    "lstm-luong-copy": dict(cell="lstm", attention="luong", copy=True),
+    "transformer-copy": dict(arch="transformer", ff_dim=32, copy=True),
 }
 
 
@@ -146,3 +149,49 @@ def test_transformer_step_leaves_its_input_state_usable():
     first, _, _ = model.step(prev, state)
     again, _, _ = model.step(prev, state)  # same input state: same output
     assert torch.equal(first, again)
+
+
+# ---------------------------------------------------------------------------- the copy head
+
+COPIERS = [name for name in VARIANTS if VARIANTS[name].get("copy")]
+
+
+def _force_gate(model, bias: float) -> None:
+    """p_gen = sigmoid(bias) for every input."""
+    with torch.no_grad():
+        model.copy.gate.weight.zero_()
+        model.copy.gate.bias.fill_(bias)
+
+
+@pytest.mark.parametrize("name", COPIERS)
+def test_a_closed_gate_copies_the_source(name):
+    model = make(name)
+    _force_gate(model, -40.0)  # p_gen ~ 0: only copying
+    src, _ = batch()
+    rules = Rules(bos=BOS, eos=EOS, max_len_a=1.0, max_len_b=3, banned=(PAD, BOS))
+    for row, hyp in zip(src.tolist(), greedy(model, src, rules), strict=True):
+        assert hyp.tokens and set(hyp.tokens) <= set(row)
+
+
+@pytest.mark.parametrize("name", COPIERS)
+def test_an_open_gate_is_the_vocabulary_distribution(name):
+    model = make(name)
+    _force_gate(model, 40.0)  # p_gen ~ 1: only generating
+    src, tgt = batch()
+    assert torch.allclose(
+        model(src, tgt), torch.log_softmax(model.project(model.features(src, tgt)), -1), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("name", COPIERS)
+def test_copy_output_at_kept_positions_is_the_full_output_there(name):
+    model = make(name)
+    src, tgt = batch()
+    keep = tgt.ne(PAD) & torch.rand(tgt.shape, generator=torch.Generator().manual_seed(0)).gt(0.3)
+    assert torch.allclose(model(src, tgt, keep), model(src, tgt)[keep], atol=1e-6)
+
+
+def test_a_copy_head_needs_source_ids_that_are_target_ids():
+    cfg = ModelConfig(hidden_dim=16, emb_dim=12, copy=True)
+    with pytest.raises(ValueError, match="every source id to be a target id"):
+        build_model(cfg, 30, 20)

@@ -7,6 +7,7 @@ from torch import nn
 from seq2seq.config import ModelConfig
 from seq2seq.models.attention import Attention, BahdanauAttention, LuongAttention
 from seq2seq.models.contract import Seq2SeqModel
+from seq2seq.models.copy import CopyHead
 from seq2seq.models.rnn import Bridge, RNNDecoder, RNNEncoder, RNNSeq2Seq
 from seq2seq.models.transformer import DecoderLayer, Embeddings, EncoderLayer, TransformerSeq2Seq
 
@@ -22,7 +23,17 @@ def _attention(cfg: ModelConfig) -> Attention | None:
 def build_model(
     cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int = 0
 ) -> Seq2SeqModel:
-    """Build the model a config describes (validated whole when it was made)."""
+    """Build the model a config describes (validated whole when it was made).
+
+    Raises:
+        ValueError: a copy head over a source vocabulary larger than the target's (it
+            copies source ids as target ids: a joint vocabulary).
+    """
+    if cfg.copy and src_vocab_size > tgt_vocab_size:
+        raise ValueError(
+            f"a copy head needs every source id to be a target id, but the source vocabulary "
+            f"has {src_vocab_size} entries and the target's {tgt_vocab_size}"
+        )
     if cfg.arch == "transformer":
         return _transformer(cfg, src_vocab_size, tgt_vocab_size, pad_id)
     encoder = RNNEncoder(
@@ -49,7 +60,8 @@ def build_model(
     if cfg.tie_embeddings:
         decoder.out.weight = decoder.embed.weight
     bridge = Bridge(cfg.hidden_dim, cfg.dec_layers, cfg.cell)
-    return RNNSeq2Seq(encoder, bridge, decoder, src_vocab_size, tgt_vocab_size, pad_id)
+    copy = CopyHead(cfg.hidden_dim + cfg.emb_dim) if cfg.copy else None  # [h~; input]
+    return RNNSeq2Seq(encoder, bridge, decoder, src_vocab_size, tgt_vocab_size, pad_id, copy)
 
 
 def _transformer(cfg: ModelConfig, src_vocab: int, tgt_vocab: int, pad_id: int) -> Seq2SeqModel:
@@ -70,6 +82,7 @@ def _transformer(cfg: ModelConfig, src_vocab: int, tgt_vocab: int, pad_id: int) 
     out = nn.Linear(dim, tgt_vocab, bias=False)
     if cfg.tie_embeddings or cfg.share_embeddings:
         out.weight = tgt_embed.tokens.weight
+    copy = CopyHead(2 * dim) if cfg.copy else None  # [decoder output; embedded input]
     return TransformerSeq2Seq(
-        src_embed, tgt_embed, encoder, decoder, out, pre, src_vocab, tgt_vocab, pad_id
+        src_embed, tgt_embed, encoder, decoder, out, pre, src_vocab, tgt_vocab, pad_id, copy
     )

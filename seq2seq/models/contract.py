@@ -34,11 +34,13 @@ class Encoded:
         states: every source position's state, ``[batch, src_len, dim]``.
         mask: True at real (non-padding) source positions, ``[batch, src_len]``.
         final: the encoder's final state in whatever form the decoder's bridge expects.
+        ids: the source ids ``[batch, src_len]`` when the model has a copy head.
     """
 
     states: torch.Tensor
     mask: torch.Tensor
     final: Any = None
+    ids: torch.Tensor | None = None  # the source ids, for a model that copies from them
 
 
 class Decoder(Protocol):

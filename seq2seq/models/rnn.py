@@ -17,6 +17,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seq2seq.models.attention import Attention, BahdanauAttention, LuongAttention
 from seq2seq.models.contract import Encoded, Seq2SeqModel
+from seq2seq.models.copy import CopyHead, source_ids
 from seq2seq.models.dropout import Dropout
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # GRU h, or LSTM (h, c)
@@ -111,6 +112,7 @@ class RNNState:
     memory: torch.Tensor  # [batch, src_len, hidden]
     keys: torch.Tensor | None  # attention's precomputed keys
     mask: torch.Tensor  # [batch, src_len]
+    src: torch.Tensor | None = None  # source ids [batch, src_len], for the copy head
 
 
 class RNNDecoder(nn.Module):
@@ -172,18 +174,22 @@ class RNNDecoder(nn.Module):
         feed = h_tilde if self.input_feeding else None
         return h_tilde, replace(state, hidden=hidden, feed=feed), attn
 
-    def forward(self, tgt_in: torch.Tensor, state: RNNState) -> torch.Tensor:
-        """Teacher-forced attentional states ``[batch, tgt_len, hidden]``."""
+    def forward(
+        self, tgt_in: torch.Tensor, state: RNNState
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Teacher-forced attentional states ``[batch, tgt_len, hidden]`` and attention
+        weights ``[batch, tgt_len, src_len]`` (None without attention)."""
         emb = self.dropout(self.embed(tgt_in))  # [batch, tgt_len, emb]
         if not self.recurrent_feed:
             # No step depends on the previous output: run the RNN over the whole sequence.
             out, _ = self.rnn(emb, state.hidden)
-            return self._attentional(out, state)[0]
-        outs = []
+            return self._attentional(out, state)
+        outs, weights = [], []
         for t in range(tgt_in.size(1)):
-            h_tilde, state, _ = self.step(emb[:, t : t + 1], state)
+            h_tilde, state, attn = self.step(emb[:, t : t + 1], state)
             outs.append(h_tilde)
-        return torch.cat(outs, dim=1)
+            weights.append(attn)
+        return torch.cat(outs, dim=1), torch.cat(weights, dim=1)
 
     def logits(self, h_tilde: torch.Tensor) -> torch.Tensor:
         return self.out(self.dropout(h_tilde))
@@ -197,6 +203,7 @@ class RNNSeq2Seq(Seq2SeqModel):
         bridge: maps the encoder's final state to the decoder's initial state.
         decoder: the target decoder.
         src_vocab_size, tgt_vocab_size, pad_id: see :class:`Seq2SeqModel`.
+        copy: a copy head (pointer-generator; needs attention and one shared vocabulary).
     """
 
     def __init__(
@@ -207,17 +214,22 @@ class RNNSeq2Seq(Seq2SeqModel):
         src_vocab_size: int,
         tgt_vocab_size: int,
         pad_id: int = 0,
+        copy: CopyHead | None = None,
     ):
         super().__init__(src_vocab_size, tgt_vocab_size, pad_id)
         self.has_attention = decoder.attention is not None
+        if copy is not None and not self.has_attention:
+            raise ValueError("a copy head copies through attention: the decoder has none")
         self.encoder = encoder
         self.bridge = bridge
         self.decoder = decoder
+        self.copy = copy
 
     def encode(self, src: torch.Tensor) -> Encoded:
         mask = src.ne(self.pad_id)  # [batch, src_len]
         states, final = self.encoder(src, mask)
-        return Encoded(states=states, mask=mask, final=final)
+        ids = src if self.copy is not None else None
+        return Encoded(states=states, mask=mask, final=final, ids=ids)
 
     def init_state(self, encoded: Encoded) -> RNNState:
         attention = self.decoder.attention
@@ -227,15 +239,24 @@ class RNNSeq2Seq(Seq2SeqModel):
         if self.decoder.input_feeding:
             feed = encoded.states.new_zeros(encoded.states.size(0), 1, encoded.states.size(2))
         return RNNState(
-            hidden=hidden, feed=feed, memory=encoded.states, keys=keys, mask=encoded.mask
+            hidden=hidden,
+            feed=feed,
+            memory=encoded.states,
+            keys=keys,
+            mask=encoded.mask,
+            src=encoded.ids,
         )
 
     def step(self, prev_tokens: torch.Tensor, state: RNNState):
         emb = self.decoder.embed(prev_tokens.unsqueeze(1))  # [batch, 1, emb]
         h_tilde, state, attn = self.decoder.step(emb, state)
         logits = self.decoder.logits(h_tilde).squeeze(1)
+        attn = None if attn is None else attn.squeeze(1)  # [batch, src_len]
+        if self.copy is not None:
+            gate = torch.cat([h_tilde, emb], dim=-1).squeeze(1)
+            return self.copy(logits, attn, state.src, gate), state, attn
         log_probs = torch.log_softmax(logits, dim=-1)  # bf16 weights give bf16 log-probs
-        return log_probs, state, None if attn is None else attn.squeeze(1)
+        return log_probs, state, attn
 
     def reorder(self, state: RNNState, index: torch.Tensor) -> RNNState:
         def pick(t, dim=0):
@@ -247,10 +268,24 @@ class RNNSeq2Seq(Seq2SeqModel):
             memory=pick(state.memory),
             keys=pick(state.keys),
             mask=pick(state.mask),
+            src=pick(state.src),
         )
 
     def features(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
-        return self.decoder(tgt_in, self.init_state(self.encode(src)))
+        return self.decoder(tgt_in, self.init_state(self.encode(src)))[0]
+
+    def forward(
+        self, src: torch.Tensor, tgt_in: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """See :meth:`Seq2SeqModel.forward`; with a copy head, mixed log-probabilities."""
+        if self.copy is None:
+            return super().forward(src, tgt_in, keep)
+        h_tilde, attn = self.decoder(tgt_in, self.init_state(self.encode(src)))
+        gate = torch.cat([h_tilde, self.decoder.embed(tgt_in)], dim=-1)
+        ids = source_ids(src, tgt_in.size(1))  # [batch, tgt_len, src_len]
+        rows = keep if keep is not None else torch.ones_like(tgt_in, dtype=torch.bool)
+        out = self.copy(self.decoder.logits(h_tilde[rows]), attn[rows], ids[rows], gate[rows])
+        return out if keep is not None else out.view(*tgt_in.shape, -1)  # [kept or b, t, vocab]
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         return self.decoder.logits(features)

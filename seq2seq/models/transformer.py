@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seq2seq.models.contract import Encoded, Seq2SeqModel
+from seq2seq.models.copy import CopyHead, source_ids
 from seq2seq.models.dropout import Dropout, dropout
 
 
@@ -238,6 +239,7 @@ class TransformerState:
     mask: torch.Tensor  # [sources, 1, 1, src_len], True at real source positions
     position: int = 0
     group: int = 1  # decoder rows per source row
+    src: torch.Tensor | None = None  # source ids [sources, src_len], for the copy head
 
 
 def _regroup(index: torch.Tensor, group: int) -> tuple[torch.Tensor, int]:
@@ -265,6 +267,7 @@ class TransformerSeq2Seq(Seq2SeqModel):
         encoder, decoder: lists of layers.
         out: projection to the target vocabulary (may share the target embedding).
         pre_norm: adds the final layer norms a pre-norm stack needs.
+        copy: a copy head over the last layer's cross-attention (mean of its heads).
     """
 
     def __init__(
@@ -278,8 +281,10 @@ class TransformerSeq2Seq(Seq2SeqModel):
         src_vocab_size: int,
         tgt_vocab_size: int,
         pad_id: int = 0,
+        copy: CopyHead | None = None,
     ):
         super().__init__(src_vocab_size, tgt_vocab_size, pad_id)
+        self.copy = copy
         self.max_positions = min(src_embed.max_len, tgt_embed.max_len)
         dim = src_embed.dim
         self.src_embed, self.tgt_embed, self.out = src_embed, tgt_embed, out
@@ -293,32 +298,40 @@ class TransformerSeq2Seq(Seq2SeqModel):
         x = self.src_embed(src)
         for layer in self.encoder:
             x = layer(x, attn_mask)
-        return Encoded(states=self.enc_norm(x), mask=mask)
+        ids = src if self.copy is not None else None
+        return Encoded(states=self.enc_norm(x), mask=mask, ids=ids)
 
     def init_state(self, encoded: Encoded) -> TransformerState:
         memory_kv = [layer.cross_attn.keys_values(encoded.states) for layer in self.decoder]
         return TransformerState(
-            memory_kv, [[] for _ in self.decoder], encoded.mask[:, None, None, :]
+            memory_kv, [[] for _ in self.decoder], encoded.mask[:, None, None, :], src=encoded.ids
         )
 
     def step(self, prev_tokens: torch.Tensor, state: TransformerState):
         x = self.tgt_embed(prev_tokens.unsqueeze(1), start=state.position)  # [rows, 1, dim]
+        inputs = x
         weights: list[torch.Tensor] = []
         cache = [list(c) for c in state.cache]  # a new state: the given one stays valid
         last = len(self.decoder) - 1
         for i, (layer, kv, c) in enumerate(zip(self.decoder, state.memory_kv, cache, strict=True)):
             # The last layer's cross-attention is returned for inspection (attention plots).
             x = layer(x, kv, state.mask, c, weights if i == last else None, state.group)
-        logits = self.out(self.dec_norm(x)).squeeze(1)
-        log_probs = torch.log_softmax(logits, dim=-1)  # bf16 weights give bf16 log-probs
+        x = self.dec_norm(x)
+        logits = self.out(x).squeeze(1)
+        attention = weights[0].squeeze(1)  # [rows, src_len]
         new_state = TransformerState(
-            state.memory_kv, cache, state.mask, state.position + 1, state.group
+            state.memory_kv, cache, state.mask, state.position + 1, state.group, state.src
         )
-        return log_probs, new_state, weights[0].squeeze(1)  # [rows, src_len]
+        if self.copy is not None:
+            src = state.src.repeat_interleave(state.group, 0) if state.group > 1 else state.src
+            gate = torch.cat([x, inputs], dim=-1).squeeze(1)
+            return self.copy(logits, attention, src, gate), new_state, attention
+        log_probs = torch.log_softmax(logits, dim=-1)  # bf16 weights give bf16 log-probs
+        return log_probs, new_state, attention
 
     def reorder(self, state: TransformerState, index: torch.Tensor) -> TransformerState:
         sources, group = _regroup(index, state.group)
-        memory_kv, mask = state.memory_kv, state.mask
+        memory_kv, mask, src = state.memory_kv, state.mask, state.src
         if sources.numel() != mask.size(0) or not torch.equal(
             sources, torch.arange(mask.size(0), device=sources.device)
         ):
@@ -326,12 +339,14 @@ class TransformerSeq2Seq(Seq2SeqModel):
                 (k.index_select(0, sources), v.index_select(0, sources)) for k, v in memory_kv
             ]
             mask = mask.index_select(0, sources)
+            src = None if src is None else src.index_select(0, sources)
         return TransformerState(
             memory_kv=memory_kv,
             cache=[[t.index_select(0, index) for t in c] for c in state.cache],
             mask=mask,
             position=state.position,
             group=group,
+            src=src,
         )
 
     def features(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
@@ -340,10 +355,37 @@ class TransformerSeq2Seq(Seq2SeqModel):
     def project(self, features: torch.Tensor) -> torch.Tensor:
         return self.out(features)
 
-    def decode_states(self, encoded: Encoded, tgt_in: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced final decoder states ``[batch, tgt_len, dim]``."""
+    def forward(
+        self, src: torch.Tensor, tgt_in: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """See :meth:`Seq2SeqModel.forward`; with a copy head, mixed log-probabilities."""
+        if self.copy is None:
+            return super().forward(src, tgt_in, keep)
+        weights: list[torch.Tensor] = []
+        inputs: list[torch.Tensor] = []
+        states = self.decode_states(self.encode(src), tgt_in, weights, inputs)
+        gate = torch.cat([states, inputs[0]], dim=-1)  # [batch, tgt_len, 2 * dim]
+        ids = source_ids(src, tgt_in.size(1))  # [batch, tgt_len, src_len]
+        rows = keep if keep is not None else torch.ones_like(tgt_in, dtype=torch.bool)
+        out = self.copy(self.out(states[rows]), weights[0][rows], ids[rows], gate[rows])
+        return out if keep is not None else out.view(*tgt_in.shape, -1)
+
+    def decode_states(
+        self,
+        encoded: Encoded,
+        tgt_in: torch.Tensor,
+        weights: list | None = None,
+        inputs: list | None = None,
+    ) -> torch.Tensor:
+        """Teacher-forced final decoder states ``[batch, tgt_len, dim]``; with lists, the
+        last layer's cross-attention ``[batch, tgt_len, src_len]`` and the embedded
+        inputs are appended to them."""
         mask = encoded.mask[:, None, None, :]
         x = self.tgt_embed(tgt_in)
-        for layer in self.decoder:
-            x = layer(x, layer.cross_attn.keys_values(encoded.states), mask)
+        if inputs is not None:
+            inputs.append(x)
+        last = len(self.decoder) - 1
+        for i, layer in enumerate(self.decoder):
+            kv = layer.cross_attn.keys_values(encoded.states)
+            x = layer(x, kv, mask, weights=weights if i == last else None)
         return self.dec_norm(x)

@@ -72,8 +72,8 @@ def export_ctranslate2(run_dir: str | Path, out_dir: str | Path, checkpoint: str
         ``out_dir``.
 
     Raises:
-        ConfigError: ctranslate2 is not installed, the run is not a Transformer, or
-            ``out_dir`` holds something other than an export.
+        ConfigError: ctranslate2 is not installed, the run is not a Transformer (or has a
+            copy head), or ``out_dir`` holds something other than an export.
         CheckpointError: the run directory or its checkpoint is unusable.
         DataError: ``out_dir`` cannot be written.
     """
@@ -85,6 +85,11 @@ def export_ctranslate2(run_dir: str | Path, out_dir: str | Path, checkpoint: str
         raise ConfigError(
             f"{run_dir}: only Transformer runs can be exported to CTranslate2, but this run's "
             f"model.arch is {cfg.model.arch!r}"
+        )
+    if cfg.model.copy:
+        raise ConfigError(
+            f"{run_dir}: CTranslate2's Transformer has no copy head (model.copy: true); "
+            "decode this run with the native engine"
         )
     spec = transformer_spec(ct2, model.eval(), src_codec.vocab.pieces, tgt_codec.vocab.pieces)
 
