@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import tempfile
 from pathlib import Path
 
@@ -362,3 +363,43 @@ def test_copy_models_train_decode_and_reload(model: dict, tmp_path: Path) -> Non
     scores = fitted.score(["a b c"], ["c b a"])
     assert scores[0] < 0.0
     assert Seq2Seq.load(tmp_path / "run", device="cpu").predict(texts) == greedy
+
+
+def _rare_names(seed: int = 0) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Sentences with a made-up name among filler words -> the name. Each of 1,500 names
+    occurs in training once or twice (so it is in the vocabulary, but rare)."""
+    rng = random.Random(seed)
+    names = sorted(
+        {"".join(rng.choice("bcdfghjklmnpqrstvwxz") for _ in range(5)) for _ in range(1500)}
+    )
+    fill = "the a one please now then here there we you they".split()
+
+    def pair(name: str) -> tuple[str, str]:
+        words = [rng.choice(fill) for _ in range(rng.randint(2, 5))]
+        words.insert(rng.randrange(len(words) + 1), name)
+        return " ".join(words), name
+
+    train = [pair(n) for n in names] + [pair(rng.choice(names)) for _ in range(1500)]
+    return train, [pair(n) for n in names[:200]]
+
+
+def test_the_copy_mechanism_learns_to_copy_rare_names() -> None:
+    train, test = _rare_names()
+    scores = {}
+    for copy in (True, False):
+        model = Seq2Seq(
+            data={"tokenizer": "word", "joint_vocab": True},
+            model={"emb_dim": 32, "hidden_dim": 64, "dropout": 0.1, "copy": copy},
+            train={
+                "max_steps": 300,
+                "batch_tokens": 600,
+                "lr": 3e-3,
+                "valid_every": 10_000,
+                "valid_bleu": False,
+                "device": "cpu",
+            },
+            decode={"max_len_a": 0.0, "max_len_b": 4},
+        )
+        model.fit(train, test[:50])
+        scores[copy] = model.evaluate(test, metrics=["exact"])["exact_match"]
+    assert scores[True] >= 0.9 and scores[False] <= 0.4, scores
