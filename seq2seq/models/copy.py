@@ -53,8 +53,30 @@ class CopyHead(nn.Module):
         copied = attention.float() * (1.0 - p_gen)  # [rows, src_len]
         return generate.scatter_add(1, src, copied).clamp_min(_FLOOR).log()
 
+    def teacher_forced(
+        self,
+        project,
+        states: torch.Tensor,
+        attention: torch.Tensor,
+        src: torch.Tensor,
+        gate_input: torch.Tensor,
+        keep: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The mixed log-probabilities of a teacher-forced pass, at the ``keep`` positions.
 
-def source_ids(src: torch.Tensor, steps: int) -> torch.Tensor:
-    """The source ids for every target position: ``[batch, src_len]`` ->
-    ``[batch, steps, src_len]``."""
-    return src.unsqueeze(1).expand(-1, steps, -1)
+        Args:
+            project: the output layer, features -> vocabulary logits.
+            states, attention, gate_input: ``[batch, tgt_len, ...]`` decoder outputs,
+                weights over the source and gate inputs.
+            src: source ids ``[batch, src_len]``.
+            keep: True where output is wanted (``[batch, tgt_len]``); None: everywhere.
+
+        Returns:
+            ``[kept, vocab]``, or ``[batch, tgt_len, vocab]`` without ``keep``; the output
+            layer runs on the kept positions only.
+        """
+        rows = keep if keep is not None else torch.ones(states.shape[:2], dtype=torch.bool)
+        rows = rows.to(states.device)
+        ids = src.unsqueeze(1).expand(-1, states.size(1), -1)  # [batch, tgt_len, src_len]
+        out = self(project(states[rows]), attention[rows], ids[rows], gate_input[rows])
+        return out if keep is not None else out.view(*states.shape[:2], -1)

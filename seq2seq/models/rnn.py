@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seq2seq.models.attention import Attention, BahdanauAttention, LuongAttention
 from seq2seq.models.contract import Encoded, Seq2SeqModel
-from seq2seq.models.copy import CopyHead, source_ids
+from seq2seq.models.copy import CopyHead
 from seq2seq.models.dropout import Dropout
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # GRU h, or LSTM (h, c)
@@ -282,10 +282,7 @@ class RNNSeq2Seq(Seq2SeqModel):
             return super().forward(src, tgt_in, keep)
         h_tilde, attn = self.decoder(tgt_in, self.init_state(self.encode(src)))
         gate = torch.cat([h_tilde, self.decoder.embed(tgt_in)], dim=-1)
-        ids = source_ids(src, tgt_in.size(1))  # [batch, tgt_len, src_len]
-        rows = keep if keep is not None else torch.ones_like(tgt_in, dtype=torch.bool)
-        out = self.copy(self.decoder.logits(h_tilde[rows]), attn[rows], ids[rows], gate[rows])
-        return out if keep is not None else out.view(*tgt_in.shape, -1)  # [kept or b, t, vocab]
+        return self.copy.teacher_forced(self.decoder.logits, h_tilde, attn, src, gate, keep)
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         return self.decoder.logits(features)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seq2seq.models.contract import Encoded, Seq2SeqModel
-from seq2seq.models.copy import CopyHead, source_ids
+from seq2seq.models.copy import CopyHead
 from seq2seq.models.dropout import Dropout, dropout
 
 
@@ -365,10 +365,7 @@ class TransformerSeq2Seq(Seq2SeqModel):
         inputs: list[torch.Tensor] = []
         states = self.decode_states(self.encode(src), tgt_in, weights, inputs)
         gate = torch.cat([states, inputs[0]], dim=-1)  # [batch, tgt_len, 2 * dim]
-        ids = source_ids(src, tgt_in.size(1))  # [batch, tgt_len, src_len]
-        rows = keep if keep is not None else torch.ones_like(tgt_in, dtype=torch.bool)
-        out = self.copy(self.out(states[rows]), weights[0][rows], ids[rows], gate[rows])
-        return out if keep is not None else out.view(*tgt_in.shape, -1)
+        return self.copy.teacher_forced(self.out, states, weights[0], src, gate, keep)
 
     def decode_states(
         self,
