@@ -78,6 +78,7 @@ class ModelConfig:
     dropout: float = _opt(0.2, lo=0.0, hi=0.99)  # dropout probability
     tie_embeddings: bool = False  # decoder embedding = output layer
     copy: bool = False  # pointer-generator: also copy source tokens (needs data.joint_vocab)
+    coverage: bool = _opt(False, family="rnn")  # RNN: attention sees what it attended to
     share_embeddings: bool = _opt(False, family="transformer")  # src = tgt = output
     heads: int = _opt(4, lo=1, family="transformer")  # attention heads
     ff_dim: int = _opt(1024, lo=1, family="transformer")  # feed-forward size
@@ -107,6 +108,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"  # auto: bf16 if native
     clip_grad_norm: float = _opt(1.0, lo=0.0)  # max gradient norm; 0 = off
     label_smoothing: float = _opt(0.1, lo=0.0, hi=0.99)  # mass spread over the vocabulary
+    coverage_loss: float = _opt(0.0, lo=0.0)  # lambda of sum min(attention, coverage)
     schedule: Literal["constant", "noam", "plateau"] = "constant"  # learning-rate schedule
     warmup_steps: int = _opt(0, lo=0)  # linear warm-up steps
     plateau_factor: float = _opt(0.5, lo=0.0, hi=1.0)  # plateau: rate multiplier
@@ -116,8 +118,8 @@ class TrainConfig:
     max_epochs: int = _opt(1000, lo=1)  # stop after this many epochs
     max_time: float | None = _opt(None, lo=0.0)  # stop after this many seconds
     valid_every: int = _opt(1000, lo=1)  # updates between validations
-    valid_bleu: bool = True  # decode the valid set for BLEU
-    early_stop_metric: Literal["bleu", "loss"] = "loss"  # picks best.safetensors
+    valid_bleu: bool = True  # decode the valid set for BLEU (and chrF/ROUGE if early-stopped on)
+    early_stop_metric: Literal["bleu", "chrf", "rouge", "loss"] = "loss"  # picks best.safetensors
     patience: int = _opt(0, lo=0)  # early stopping; 0 = off
     keep_checkpoints: int = _opt(5, lo=0)  # step-*.safetensors kept
     log_every: int = _opt(100, lo=1)  # updates between log lines

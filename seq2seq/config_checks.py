@@ -47,6 +47,11 @@ def model_conflicts(model: Any) -> list[str]:
                 f"(got {model.emb_dim} and {model.hidden_dim})",
             ),
             (
+                model.coverage and model.attention != "bahdanau",
+                "model.coverage: the coverage vector enters the score of additive attention; "
+                f"set model.attention to bahdanau (it is {model.attention!r})",
+            ),
+            (
                 model.copy and model.attention == "none",
                 "model.copy: the copy head copies through attention; set model.attention "
                 "to bahdanau or luong",
@@ -95,8 +100,14 @@ def conflicts(cfg: Any) -> list[str]:
             for key, limit in (("max_src_len", data.max_src_len), ("max_tgt_len", data.max_tgt_len))
         ),
         (
-            train.early_stop_metric == "bleu" and not train.valid_bleu,
-            "train.early_stop_metric: bleu needs train.valid_bleu: true (or use loss)",
+            train.early_stop_metric != "loss" and not train.valid_bleu,
+            f"train.early_stop_metric: {train.early_stop_metric} decodes the valid set, which "
+            "needs train.valid_bleu: true (or use loss)",
+        ),
+        (
+            train.coverage_loss > 0 and not model.coverage,
+            "train.coverage_loss: the coverage loss needs a coverage vector; set "
+            "model.coverage: true (recurrent model with bahdanau attention) or remove the key",
         ),
         (
             data.sp_model is not None and data.tokenizer != "sentencepiece",

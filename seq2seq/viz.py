@@ -24,7 +24,7 @@ _MIN_INCHES, _MAX_INCHES = 3.0, 30.0
 _VISIBLE_WHITESPACE = str.maketrans({" ": "␣", "\t": "⇥", "\n": "↵", "\r": "↵"})
 
 _LOSS_KEYS = ("train_loss", "valid_loss")
-_BLEU_KEYS = ("valid_bleu",)
+_SCORE_KEYS = ("valid_bleu", "valid_chrf", "valid_rouge1", "valid_rouge2", "valid_rougeL")
 
 
 def _to_matrix(weights: Any) -> np.ndarray:
@@ -169,7 +169,7 @@ def _plot_series(ax: Axes, history: list[dict], keys: tuple[str, ...]) -> None:
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:
-    """Plot learning curves: losses in one panel and validation BLEU, if logged, in another.
+    """Plot learning curves: losses in one panel and validation scores, if logged, in another.
 
     Args:
         history: Log entries such as ``{"step": 100, "train_loss": 2.3, "valid_loss": 2.1,
@@ -181,19 +181,19 @@ def plot_curves(history: list[dict], path: Path) -> Path:
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        ValueError: If no entry holds any of ``train_loss``, ``valid_loss``, ``valid_bleu``.
+        ValueError: If no entry holds a loss or a validation score.
     """
     present = {key for entry in history for key in entry}
-    panels = [keys for keys in (_LOSS_KEYS, _BLEU_KEYS) if present.intersection(keys)]
+    panels = [keys for keys in (_LOSS_KEYS, _SCORE_KEYS) if present.intersection(keys)]
     if not panels:
         raise ValueError(
             f"history has nothing to plot; expected entries with any of "
-            f"{list(_LOSS_KEYS + _BLEU_KEYS)}"
+            f"{list(_LOSS_KEYS + _SCORE_KEYS)}"
         )
 
     fig = Figure(figsize=(6.0 * len(panels), 4.0), dpi=DPI, layout="constrained")
     for i, keys in enumerate(panels, start=1):
         ax = fig.add_subplot(1, len(panels), i)
         _plot_series(ax, history, keys)
-        ax.set_ylabel("loss" if keys is _LOSS_KEYS else "BLEU")
+        ax.set_ylabel("loss" if keys is _LOSS_KEYS else "score")
     return _save(fig, path)

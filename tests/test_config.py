@@ -454,3 +454,16 @@ def test_copy_needs_a_joint_vocabulary_and_attention(tmp_path: Path) -> None:
     assert "model.copy: the copy head copies through attention" in _error(tmp_path, text)
     text = "data: {joint_vocab: true}\nmodel: {arch: transformer, copy: true}\n"
     assert load_config(_yaml(tmp_path, text)).model.copy
+
+
+def test_coverage_needs_additive_attention_and_its_loss_needs_coverage(tmp_path: Path) -> None:
+    text = "model: {coverage: true, attention: luong}\n"
+    assert "model.coverage: the coverage vector enters" in _error(tmp_path, text)
+    assert "model.coverage: the recurrent model alone" in _error(
+        tmp_path, "model: {arch: transformer, coverage: true}\n"
+    )
+    assert "train.coverage_loss: the coverage loss needs" in _error(
+        tmp_path, "train: {coverage_loss: 1.0}\n"
+    )
+    cfg = load_config(_yaml(tmp_path, "model: {coverage: true}\ntrain: {coverage_loss: 1.0}\n"))
+    assert cfg.model.coverage and cfg.train.coverage_loss == 1.0

@@ -6,12 +6,13 @@ import math
 import pytest
 import torch
 
-from seq2seq.config import TrainConfig
+from seq2seq.config import ModelConfig, TrainConfig
 from seq2seq.data import vocab
 from seq2seq.data.batching import collate
+from seq2seq.models.build import build_model
 from seq2seq.training.loss import batch_loss, sequence_loss
 from seq2seq.training.optim import Schedule, build_optimizer
-from tests.conftest import random_examples, tiny_transformer
+from tests.conftest import TINY_VOCAB, random_examples, tiny_transformer
 
 PAD, V = 0, 7
 
@@ -86,6 +87,20 @@ def test_loss_skipping_padding_equals_full_logits():
     )
     fast = batch_loss(model, batch.src, batch.tgt_in, batch.tgt_out, vocab.PAD)
     assert fast.item() == pytest.approx(full.item(), rel=1e-5)
+
+
+def test_coverage_loss_adds_lambda_times_the_penalty_at_real_positions():
+    cfg = ModelConfig(hidden_dim=16, emb_dim=12, dropout=0.0, coverage=True)
+    model = build_model(cfg, TINY_VOCAB, TINY_VOCAB).eval()
+    data = random_examples()
+    batch = collate(data, list(range(len(data))))
+    args = (model, batch.src, batch.tgt_in, batch.tgt_out, vocab.PAD)
+    keep = batch.tgt_out.ne(vocab.PAD)
+    _, penalty = model(batch.src, batch.tgt_in, keep, coverage_penalty=True)
+    assert penalty.item() > 0
+    assert batch_loss(*args, 0.1, 0.5).item() == pytest.approx(
+        batch_loss(*args, 0.1).item() + 0.5 * penalty.item(), rel=1e-5
+    )
 
 
 def test_constant_schedule_warms_up_linearly_then_stays_flat():

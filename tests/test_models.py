@@ -25,6 +25,8 @@ VARIANTS = {
     "gru-bahdanau-copy": dict(attention="bahdanau", copy=True),
     "lstm-luong-copy": dict(cell="lstm", attention="luong", copy=True),
     "transformer-copy": dict(arch="transformer", ff_dim=32, copy=True),
+    "gru-bahdanau-coverage": dict(attention="bahdanau", coverage=True),
+    "lstm-coverage-copy": dict(cell="lstm", attention="bahdanau", coverage=True, copy=True),
 }
 
 
@@ -195,3 +197,62 @@ def test_a_copy_head_needs_source_ids_that_are_target_ids():
     cfg = ModelConfig(hidden_dim=16, emb_dim=12, copy=True)
     with pytest.raises(ValueError, match="every source id to be a target id"):
         build_model(cfg, 30, 20)
+
+
+# ---------------------------------------------------------------------------- coverage
+
+COVERED = [name for name in VARIANTS if VARIANTS[name].get("coverage")]
+
+
+def _stepwise_attention(model, src, tgt):
+    """Attention weights ``[batch, tgt_len, src_len]`` and final coverage, one step at a time."""
+    state = model.init_state(model.encode(src))
+    weights = []
+    for t in range(tgt.size(1)):
+        _, state, attn = model.step(tgt[:, t], state)
+        weights.append(attn)
+    return torch.stack(weights, 1), state.coverage
+
+
+@pytest.mark.parametrize("name", COVERED)
+def test_coverage_is_the_attention_received_so_far(name):
+    model = make(name)
+    src, tgt = batch()
+    weights, coverage = _stepwise_attention(model, src, tgt)
+    assert torch.allclose(coverage, weights.sum(1), atol=1e-6)
+    assert coverage.masked_select(src.eq(PAD)).abs().max() == 0  # padding is never covered
+
+
+@pytest.mark.parametrize("name", COVERED)
+def test_coverage_penalty_is_the_sum_of_min_attention_and_coverage(name):
+    model = make(name)
+    src, tgt = batch()
+    weights, _ = _stepwise_attention(model, src, tgt)
+    expected = torch.zeros(tgt.shape)
+    for t in range(tgt.size(1)):  # See et al. (2017): sum_i min(a_ti, c_ti), c_t = sum_{t'<t}
+        expected[:, t] = torch.minimum(weights[:, t], weights[:, :t].sum(1)).sum(-1)
+    out, penalty = model(src, tgt, coverage_penalty=True)
+    assert torch.equal(out, model(src, tgt))
+    assert penalty.item() == pytest.approx(expected.sum().item(), rel=1e-5)
+    keep = torch.ones(tgt.shape, dtype=torch.bool)
+    keep[:, 4:] = False
+    assert model(src, tgt, keep, coverage_penalty=True)[1].item() == pytest.approx(
+        expected[:, :4].sum().item(), rel=1e-5
+    )
+    assert expected[:, 0].abs().max() == 0 and expected.sum() > 0  # nothing covered at t=0
+
+
+def test_coverage_enters_the_attention_score():
+    model = make("gru-bahdanau-coverage")
+    src, tgt = batch()
+    before, _ = _stepwise_attention(model, src, tgt)
+    with torch.no_grad():
+        model.decoder.attention.coverage_proj.weight.mul_(50.0)
+    after, _ = _stepwise_attention(model, src, tgt)
+    assert torch.equal(before[:, 0], after[:, 0])  # no coverage yet at the first step
+    assert not torch.allclose(before[:, 1:], after[:, 1:], atol=1e-3)
+
+
+def test_a_coverage_penalty_needs_a_model_with_coverage():
+    with pytest.raises(ValueError, match="built with coverage"):
+        make("gru-bahdanau")(*batch(), coverage_penalty=True)

@@ -128,6 +128,32 @@ def test_early_stopping(tmp_path: Path) -> None:
     assert (tmp_path / "best.safetensors").is_file()
 
 
+@pytest.mark.parametrize("metric", ["rouge", "chrf"])
+def test_early_stopping_on_a_decoding_metric(tmp_path: Path, metric: str) -> None:
+    model = _fit(tmp_path, max_steps=8, valid_every=4, valid_bleu=True, early_stop_metric=metric)
+    first, second = model.progress.history
+    for record in (first, second):
+        assert {"valid_loss", "valid_bleu", f"valid_{metric}"} <= set(record)
+    if metric == "rouge":
+        parts = [first[f"valid_{name}"] for name in ("rouge1", "rouge2", "rougeL")]
+        assert first["valid_rouge"] == pytest.approx(sum(parts) / 3)
+    best = max(first[f"valid_{metric}"], second[f"valid_{metric}"])
+    assert model.progress.best == best
+    assert second.get("best", False) == (second[f"valid_{metric}"] > first[f"valid_{metric}"])
+
+
+def test_the_coverage_loss_is_trained_on(tmp_path: Path) -> None:
+    def first_loss(out: Path, coverage_loss: float) -> float:
+        sections = _sections(max_steps=1, valid_every=1, coverage_loss=coverage_loss)
+        sections["model"]["coverage"] = True
+        model = Seq2Seq(**sections)
+        model.fit(out=out)
+        return model.progress.history[0]["train_loss"]
+
+    # The same first batch and weights: the coverage term is all that differs.
+    assert first_loss(tmp_path / "with", 5.0) > first_loss(tmp_path / "without", 0.0) + 0.01
+
+
 def test_max_time_zero_stops_before_training(tmp_path: Path) -> None:
     model = _fit(tmp_path, max_steps=40, max_time=0.0)
     assert model.progress.step == 0

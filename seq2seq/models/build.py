@@ -14,7 +14,7 @@ from seq2seq.models.transformer import DecoderLayer, Embeddings, EncoderLayer, T
 
 def _attention(cfg: ModelConfig) -> Attention | None:
     if cfg.attention == "bahdanau":
-        return BahdanauAttention(cfg.hidden_dim, cfg.hidden_dim, cfg.hidden_dim)
+        return BahdanauAttention(cfg.hidden_dim, cfg.hidden_dim, cfg.hidden_dim, cfg.coverage)
     if cfg.attention == "luong":
         return LuongAttention(cfg.hidden_dim, cfg.hidden_dim, cfg.attention_score)
     return None

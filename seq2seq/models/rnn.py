@@ -113,6 +113,7 @@ class RNNState:
     keys: torch.Tensor | None  # attention's precomputed keys
     mask: torch.Tensor  # [batch, src_len]
     src: torch.Tensor | None = None  # source ids [batch, src_len], for the copy head
+    coverage: torch.Tensor | None = None  # attention received so far [batch, src_len]
 
 
 class RNNDecoder(nn.Module):
@@ -133,6 +134,7 @@ class RNNDecoder(nn.Module):
         super().__init__()
         self.attention = attention
         self.bahdanau = isinstance(attention, BahdanauAttention)
+        self.coverage = self.bahdanau and attention.coverage_proj is not None
         self.input_feeding = isinstance(attention, LuongAttention) and input_feeding
         feed_dim = hidden_dim if (self.bahdanau or self.input_feeding) else 0
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=pad_id)
@@ -165,14 +167,17 @@ class RNNDecoder(nn.Module):
         context = attn = None
         if self.bahdanau:
             query = _top(state.hidden).unsqueeze(1)  # s_{t-1}: [batch, 1, hidden]
-            context, attn = self.attention(query, state.keys, state.memory, state.mask)
+            context, attn = self.attention(
+                query, state.keys, state.memory, state.mask, state.coverage
+            )
             emb = torch.cat([emb, context], dim=-1)
         elif self.input_feeding:
             emb = torch.cat([emb, state.feed], dim=-1)
         out, hidden = self.rnn(emb, state.hidden)  # out: [batch, 1, hidden]
         h_tilde, attn = self._attentional(out, state, context, attn)
         feed = h_tilde if self.input_feeding else None
-        return h_tilde, replace(state, hidden=hidden, feed=feed), attn
+        coverage = state.coverage + attn.squeeze(1) if self.coverage else None
+        return h_tilde, replace(state, hidden=hidden, feed=feed, coverage=coverage), attn
 
     def forward(
         self, tgt_in: torch.Tensor, state: RNNState
@@ -204,6 +209,10 @@ class RNNSeq2Seq(Seq2SeqModel):
         decoder: the target decoder.
         src_vocab_size, tgt_vocab_size, pad_id: see :class:`Seq2SeqModel`.
         copy: a copy head (pointer-generator; needs attention and one shared vocabulary).
+
+    A decoder whose attention has coverage keeps the attention each source position has
+    received in its state, and ``forward(..., coverage_penalty=True)`` also returns See et
+    al.'s coverage loss ``sum_t sum_i min(a_ti, c_ti)``.
     """
 
     def __init__(
@@ -235,9 +244,11 @@ class RNNSeq2Seq(Seq2SeqModel):
         attention = self.decoder.attention
         keys = attention.keys(encoded.states) if attention is not None else None
         hidden = self.bridge(encoded.final)
-        feed = None
+        feed = coverage = None
         if self.decoder.input_feeding:
             feed = encoded.states.new_zeros(encoded.states.size(0), 1, encoded.states.size(2))
+        if self.decoder.coverage:
+            coverage = encoded.states.new_zeros(encoded.mask.shape, dtype=torch.float32)
         return RNNState(
             hidden=hidden,
             feed=feed,
@@ -245,6 +256,7 @@ class RNNSeq2Seq(Seq2SeqModel):
             keys=keys,
             mask=encoded.mask,
             src=encoded.ids,
+            coverage=coverage,
         )
 
     def step(self, prev_tokens: torch.Tensor, state: RNNState):
@@ -269,20 +281,39 @@ class RNNSeq2Seq(Seq2SeqModel):
             keys=pick(state.keys),
             mask=pick(state.mask),
             src=pick(state.src),
+            coverage=pick(state.coverage),
         )
 
     def features(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         return self.decoder(tgt_in, self.init_state(self.encode(src)))[0]
 
     def forward(
-        self, src: torch.Tensor, tgt_in: torch.Tensor, keep: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """See :meth:`Seq2SeqModel.forward`; with a copy head, mixed log-probabilities."""
-        if self.copy is None:
-            return super().forward(src, tgt_in, keep)
+        self,
+        src: torch.Tensor,
+        tgt_in: torch.Tensor,
+        keep: torch.Tensor | None = None,
+        *,
+        coverage_penalty: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """See :meth:`Seq2SeqModel.forward`; with a copy head, mixed log-probabilities.
+
+        With ``coverage_penalty`` (a decoder with coverage only), returns ``(output,
+        penalty)``: the coverage loss summed over the ``keep`` positions (every position
+        without ``keep``).
+        """
+        if coverage_penalty and not self.decoder.coverage:
+            raise ValueError("coverage_penalty needs a model built with coverage")
         h_tilde, attn = self.decoder(tgt_in, self.init_state(self.encode(src)))
-        gate = torch.cat([h_tilde, self.decoder.embed(tgt_in)], dim=-1)
-        return self.copy.teacher_forced(self.decoder.logits, h_tilde, attn, src, gate, keep)
+        if self.copy is not None:
+            gate = torch.cat([h_tilde, self.decoder.embed(tgt_in)], dim=-1)
+            out = self.copy.teacher_forced(self.decoder.logits, h_tilde, attn, src, gate, keep)
+        else:
+            out = self.decoder.logits(h_tilde if keep is None else h_tilde[keep])
+        if not coverage_penalty:
+            return out
+        seen = attn.cumsum(1) - attn  # the coverage before each step
+        penalty = torch.minimum(attn, seen).sum(-1)  # [batch, tgt_len]
+        return out, (penalty if keep is None else penalty[keep]).sum()
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         return self.decoder.logits(features)

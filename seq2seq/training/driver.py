@@ -115,16 +115,31 @@ def prepare(
         # Validation decodes the live weights: never an int8 or bf16 copy of them.
         live = dataclasses.replace(cfg.decode, quantize="none", precision="fp32")
         translator = Translator(model, *codecs, live, max_src_len=data.max_src_len)
-        score_fn = _bleu_of(translator, valid_text)
+        score_fn = _scores_of(translator, valid_text, cfg.train.early_stop_metric)
     trainer = Trainer(cfg, model, train_ex, valid_ex, run, device, score_fn)
     if resume:
         trainer.resume()
     return trainer
 
 
-def _bleu_of(translator: Translator, text: ParallelText) -> Callable[[], float]:
-    def score() -> float:
-        return metrics_lib.bleu(translator(text.src), text.tgt)[0]
+def _scores_of(
+    translator: Translator, text: ParallelText, early_stop_metric: str
+) -> Callable[[], dict[str, float]]:
+    """Decode the valid set and score it: BLEU always, plus the early-stopping metric.
+
+    ``rouge`` records ROUGE-1/2/L F1 (stemmed) and their mean as ``valid_rouge``.
+    """
+
+    def score() -> dict[str, float]:
+        hyps = translator(text.src)
+        scores = {"valid_bleu": metrics_lib.bleu(hyps, text.tgt)[0]}
+        if early_stop_metric == "chrf":
+            scores["valid_chrf"] = metrics_lib.chrf(hyps, text.tgt)[0]
+        elif early_stop_metric == "rouge":
+            rouge = metrics_lib.rouge(hyps, text.tgt)
+            parts = {f"valid_{name}": rouge[name] for name in ("rouge1", "rouge2", "rougeL")}
+            scores.update(parts, valid_rouge=sum(parts.values()) / len(parts))
+        return scores
 
     return score
 

@@ -102,7 +102,8 @@ class Trainer:
         valid: encoded validation pairs (loss and perplexity), or None.
         run_dir: where checkpoints and TensorBoard events go.
         device: where batches are sent.
-        score_fn: decodes the validation set with the current model, returns BLEU.
+        score_fn: decodes the validation set with the current model, returns its scores
+            (``{"valid_bleu": ..., ...}``; see ``driver.prepare``).
     """
 
     def __init__(
@@ -113,7 +114,7 @@ class Trainer:
         valid: Examples | None,
         run_dir: RunDir | Path,
         device: torch.device,
-        score_fn: Callable[[], float] | None = None,
+        score_fn: Callable[[], dict[str, float]] | None = None,
     ):
         self.cfg, self.tc = cfg, cfg.train
         self.model, self.train_data, self.valid_data = model, train, valid
@@ -155,7 +156,13 @@ class Trainer:
             batch = batch.to(self.device)
             with autocast(self.device, self.precision):
                 loss = batch_loss(
-                    self.model, batch.src, batch.tgt_in, batch.tgt_out, PAD, self.tc.label_smoothing
+                    self.model,
+                    batch.src,
+                    batch.tgt_in,
+                    batch.tgt_out,
+                    PAD,
+                    self.tc.label_smoothing,
+                    self.tc.coverage_loss,
                 )
             self.scaler.scale(loss / n_tokens).backward()
             total += loss.item()
@@ -210,7 +217,7 @@ class Trainer:
             self.schedule.on_validation(loss)
         if self.score_fn is not None and self.tc.valid_bleu:
             self.model.eval()
-            record["valid_bleu"] = self.score_fn()
+            record.update(self.score_fn())
             self.model.train()
         p.history.append(record)
         self._note_best(record)
@@ -224,14 +231,14 @@ class Trainer:
     def _note_best(self, record: dict) -> None:
         p = self.progress
         metric = self.tc.early_stop_metric
-        key = "valid_bleu" if metric == "bleu" else "valid_loss"
+        key = f"valid_{metric}"
         if key not in record:
             key = "valid_loss" if "valid_loss" in record else None
         if key is None:
             save_checkpoint(self.run.best, self.model, dump_config(self.cfg))
             return
-        # Higher BLEU is better; lower loss is better: compare on a "higher is better" scale.
-        value = record[key] if key == "valid_bleu" else -record[key]
+        # Higher scores are better; lower loss is better: compare on a "higher is better" scale.
+        value = -record[key] if key == "valid_loss" else record[key]
         if p.best is None or value > p.best:
             p.best, p.bad_validations = value, 0
             save_checkpoint(self.run.best, self.model, dump_config(self.cfg))

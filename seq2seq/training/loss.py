@@ -75,8 +75,12 @@ def batch_loss(
     tgt_out: torch.Tensor,
     pad_id: int,
     label_smoothing: float = 0.0,
+    coverage_loss: float = 0.0,
 ) -> torch.Tensor:
     """Summed teacher-forced loss of a batch; padding positions skip the output layer.
+
+    With ``coverage_loss`` (lambda), adds ``lambda * sum_t sum_i min(a_ti, c_ti)`` over
+    the real target positions (See et al., 2017): the model must have coverage.
 
     The model (or a wrapper of it, such as DistributedDataParallel) is called as a
     module, so its own ``forward`` decides how the output distribution is made. The
@@ -84,5 +88,8 @@ def batch_loss(
     target tokens saves the padding share of it, with the same result.
     """
     keep = tgt_out.ne(pad_id)  # [batch, tgt_len]
-    logits = model(src, tgt_in, keep)  # [real tokens, vocab]
-    return smoothed_cross_entropy(logits, tgt_out[keep], label_smoothing)
+    if not coverage_loss:
+        logits = model(src, tgt_in, keep)  # [real tokens, vocab]
+        return smoothed_cross_entropy(logits, tgt_out[keep], label_smoothing)
+    logits, penalty = model(src, tgt_in, keep, coverage_penalty=True)
+    return smoothed_cross_entropy(logits, tgt_out[keep], label_smoothing) + coverage_loss * penalty
