@@ -13,9 +13,10 @@ from collections.abc import Iterable, Sequence
 
 from sacrebleu.metrics import BLEU, CHRF
 
-METRICS = ("bleu", "chrf", "rouge", "exact")
+METRICS = ("bleu", "bleu1", "bleu2", "chrf", "rouge", "exact", "distinct")
 
 _ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+_FRACTIONS = ("exact_match", "distinct1", "distinct2")  # 0-1, not percentages
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 References = Sequence[str] | Sequence[Sequence[str]]  # one stream, or several
@@ -66,6 +67,47 @@ def bleu(hyps: list[str], refs: References) -> tuple[float, str]:
         ValueError: If the lists are empty or differ in length.
     """
     return _corpus_score(BLEU(), hyps, refs)
+
+
+def bleu_n(hyps: list[str], refs: References, order: int) -> tuple[float, str]:
+    """Corpus BLEU with uniform weights over 1- to ``order``-grams (BLEU-1, BLEU-2).
+
+    Dialogue papers report BLEU-1/2 as fractions (0.336); this is sacrebleu's score with
+    ``max_ngram_order=order``, brevity penalty included, on the same 0-100 scale as
+    :func:`bleu` (33.6). The signature gains ``ngram:order``.
+
+    Raises:
+        ValueError: If there are no hypotheses or the lengths differ.
+    """
+    score, signature = _corpus_score(BLEU(max_ngram_order=order), hyps, refs)
+    return score, f"{signature}|ngram:{order}"
+
+
+def distinct(hyps: list[str], n: int) -> float:
+    """Distinct-n: distinct n-grams over all n-grams of the hypotheses (corpus level).
+
+    Hypotheses are split into words by sacrebleu's 13a tokenizer (the one BLEU uses), so
+    punctuation counts as words; n-grams never cross hypotheses. A fraction between 0 and
+    1; 0 when no hypothesis has ``n`` words.
+
+    Raises:
+        ValueError: If there are no hypotheses or ``n < 1``.
+    """
+    if not hyps:
+        raise ValueError("no hypotheses to score")
+    if n < 1:
+        raise ValueError(f"distinct-n needs n >= 1, got {n}")
+    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+    tokenize = Tokenizer13a()
+    seen: set[tuple[str, ...]] = set()
+    total = 0
+    for hyp in hyps:
+        words = tokenize(hyp.strip()).split()
+        grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+        seen.update(grams)
+        total += len(grams)
+    return len(seen) / total if total else 0.0
 
 
 def chrf(hyps: list[str], refs: References) -> tuple[float, str]:
@@ -177,8 +219,10 @@ def compute(
 
     Returns:
         A flat dict, in the order the metrics were named: ``bleu`` and ``bleu_signature``,
-        ``chrf`` and ``chrf_signature``, ``rouge1``/``rouge2``/``rougeL`` (``rougeLsum``
-        for multi-sentence references) and ``rouge_signature``, ``exact_match``.
+        ``bleu1``/``bleu2`` with their signatures, ``chrf`` and ``chrf_signature``,
+        ``rouge1``/``rouge2``/``rougeL`` (``rougeLsum`` for multi-sentence references) and
+        ``rouge_signature``, ``exact_match``, ``distinct1``/``distinct2`` (of the
+        hypotheses alone).
 
     Raises:
         ValueError: If a metric name is unknown, or the lists are empty or differ in length.
@@ -194,12 +238,16 @@ def compute(
     for name in names:
         if name == "bleu":
             scores["bleu"], scores["bleu_signature"] = bleu(hyps, refs)
+        elif name in ("bleu1", "bleu2"):
+            scores[name], scores[f"{name}_signature"] = bleu_n(hyps, refs, int(name[-1]))
+        elif name == "distinct":
+            scores["distinct1"], scores["distinct2"] = distinct(hyps, 1), distinct(hyps, 2)
         elif name == "chrf":
             scores["chrf"], scores["chrf_signature"] = chrf(hyps, refs)
         elif name == "rouge":
             scores.update(rouge(hyps, refs))
             scores["rouge_signature"] = rouge_signature(refs)
-        else:
+        elif name == "exact":
             scores["exact_match"] = exact_match(hyps, refs)
     return scores
 
@@ -207,7 +255,7 @@ def compute(
 def format_table(scores: dict[str, float | str]) -> str:
     """Render scores as an aligned plain-text table for the terminal.
 
-    Numbers get two decimals, ``exact_match`` four (it is a fraction, not a percentage).
+    Numbers get two decimals, fractions (``exact_match``, ``distinct1``/``2``) four.
     String values such as sacrebleu signatures would break the column alignment, so they are
     listed on their own lines below the table.
 
@@ -218,7 +266,7 @@ def format_table(scores: dict[str, float | str]) -> str:
         The table, without a trailing newline.
     """
     numbers = {
-        name: f"{value:.{4 if name == 'exact_match' else 2}f}"
+        name: f"{value:.{4 if name in _FRACTIONS else 2}f}"
         for name, value in scores.items()
         if not isinstance(value, str)
     }

@@ -275,6 +275,13 @@ def test_evaluate_json(
     assert 0.0 <= scores["bleu"] <= 100.0
     code, stdout, _ = run_cli(argv, capsys)  # the default metrics
     assert code == 0 and {"bleu", "chrf"} <= set(json.loads(stdout))
+    code, stdout, err = run_cli([*argv, "--metrics", "distinct,bleu1,bleu2"], capsys)
+    assert code == 0, err
+    dialogue = json.loads(stdout)
+    assert {"distinct1", "distinct2", "bleu1", "bleu2", "bleu2_signature"} == set(dialogue) - {
+        "bleu1_signature"
+    }
+    assert 0.0 <= dialogue["distinct2"] <= 1.0 and 0.0 <= dialogue["bleu2"] <= 100.0
 
 
 def test_evaluate_with_several_references(

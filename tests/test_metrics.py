@@ -61,6 +61,10 @@ def test_compute_with_all_metrics_returns_every_key():
     assert set(scores) == {
         "bleu",
         "bleu_signature",
+        "bleu1",
+        "bleu1_signature",
+        "bleu2",
+        "bleu2_signature",
         "chrf",
         "chrf_signature",
         "rouge1",
@@ -68,6 +72,8 @@ def test_compute_with_all_metrics_returns_every_key():
         "rougeL",
         "rouge_signature",
         "exact_match",
+        "distinct1",
+        "distinct2",
     }
     assert isinstance(scores["bleu_signature"], str)
     assert "stemmer:porter" in scores["rouge_signature"]
@@ -87,7 +93,8 @@ def test_mismatched_lengths_name_both_counts():
 
 
 def test_unknown_metric_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"'meteor'.*'bleu', 'chrf', 'rouge', 'exact'"):
+    valid = r"'bleu', 'bleu1', 'bleu2', 'chrf', 'rouge', 'exact', 'distinct'"
+    with pytest.raises(ValueError, match=rf"'meteor'.*{valid}"):
         metrics.compute(HYPS, REFS, ["bleu", "meteor"])
 
 
@@ -167,3 +174,38 @@ def test_every_reference_stream_must_match_the_hypotheses():
         ValueError, match="3 hypotheses against 2 references.*in every reference stream"
     ):
         metrics.bleu(HYPS, [REFS, OTHER[:2]])
+
+
+# ---------------------------------------------------------------------------- dialogue metrics
+
+
+def test_distinct_n_by_hand():
+    # unigrams a b a | b c: 3 distinct of 5; bigrams (a b) (b a) | (b c): 3 of 3
+    assert metrics.distinct(["a b a", "b c"], 1) == pytest.approx(3 / 5)
+    assert metrics.distinct(["a b a", "b c"], 2) == pytest.approx(3 / 3)
+    # n-grams never cross outputs; punctuation is a word (13a): "ok ." "ok ." -> 2 of 4 ...
+    assert metrics.distinct(["ok.", "ok."], 1) == pytest.approx(2 / 4)
+    assert metrics.distinct(["ok.", "ok."], 2) == pytest.approx(1 / 2)  # ... (ok .) twice
+    assert metrics.distinct(["one", ""], 2) == 0.0  # no bigram at all
+    with pytest.raises(ValueError, match="n >= 1"):
+        metrics.distinct(["a"], 0)
+
+
+def test_bleu_1_and_2_by_hand():
+    # hypothesis 2 words, reference 3: every n-gram matches, brevity penalty exp(1 - 3/2)
+    bp = 0.6065306597126334
+    assert metrics.bleu_n(["the cat"], ["the cat sat"], 1)[0] == pytest.approx(100 * bp)
+    # "the cat sat down" vs "the cat sat on": unigrams 3/4, bigrams 2/3, same length
+    two = metrics.bleu_n(["the cat sat down"], ["the cat sat on"], 2)
+    assert two[0] == pytest.approx(100 * (3 / 4 * 2 / 3) ** 0.5)
+    assert two[1].endswith("|ngram:2")
+    one = metrics.bleu_n(["the cat sat down"], ["the cat sat on"], 1)[0]
+    assert one == pytest.approx(75.0)
+
+
+def test_distinct_and_bleu_n_through_compute():
+    scores = metrics.compute(["a b a", "b c"], ["a b", "b c"], ["distinct", "bleu1"])
+    assert scores["distinct1"] == pytest.approx(0.6) and scores["distinct2"] == 1.0
+    assert scores["bleu1"] == pytest.approx(80.0)  # clipped unigram matches 4 of 5, no BP
+    table = metrics.format_table(scores).splitlines()
+    assert "distinct1  0.6000" in table and "bleu1       80.00" in table
