@@ -54,6 +54,7 @@ class DataConfig:
     sp_model: str | None = _opt(None, path=True)  # a pretrained .model to use as is
     vocab_size: int = _opt(8000, lo=8)  # SentencePiece size / word vocab cap
     joint_vocab: bool = False  # one tokenizer + vocabulary for both sides
+    symbols: tuple[str, ...] = ()  # user-defined symbols (<eou>, <2de>): one piece, never split
     min_freq: int = _opt(1, lo=1)  # char/word: rarer pieces become <unk>
     max_len: int = _opt(100, lo=1)  # drop training pairs longer (tokens)
     max_src_len: int | None = _opt(None, lo=1)  # cut longer sources (tokens) instead

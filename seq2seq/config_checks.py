@@ -73,7 +73,13 @@ def model_conflicts(model: Any) -> list[str]:
 def conflicts(cfg: Any) -> list[str]:
     """Settings that are valid one by one but contradict each other (none ignored silently)."""
     data, model, train, decode = cfg.data, cfg.model, cfg.train, cfg.decode
+    bad_symbols = [s for s in data.symbols if not s or s != "".join(s.split())]
     checks = [
+        (
+            bool(bad_symbols),
+            f"data.symbols: {bad_symbols} are empty or contain whitespace; a symbol is one "
+            "piece such as <eou> or <2de>",
+        ),
         (
             model.copy and not data.joint_vocab,
             "model.copy: copying a source token needs it in the target vocabulary: set "

@@ -467,3 +467,11 @@ def test_coverage_needs_additive_attention_and_its_loss_needs_coverage(tmp_path:
     )
     cfg = load_config(_yaml(tmp_path, "model: {coverage: true}\ntrain: {coverage_loss: 1.0}\n"))
     assert cfg.model.coverage and cfg.train.coverage_loss == 1.0
+
+
+def test_symbols_are_single_pieces(tmp_path: Path) -> None:
+    assert "data.symbols: ['a b', '']" in _error(
+        tmp_path, "data: {symbols: ['<eou>', 'a b', '']}\n"
+    )
+    cfg = load_config(_yaml(tmp_path, "data: {symbols: ['<eou>', '<2de>']}\n"))
+    assert cfg.data.symbols == ("<eou>", "<2de>")

@@ -215,3 +215,48 @@ def test_sentencepiece_keeps_errors_raised_by_the_input(tmp_path: Path):
 
     with pytest.raises(DataError, match=r"train\.de"):
         train_tokenizer("sentencepiece", sentences(), tmp_path / "src.model", vocab_size=50)
+
+
+# ---------------------------------------------------------------------------- user-defined symbols
+
+SYMBOLS = ("<eou>", "<2de>", "<2d>")
+
+
+def test_char_and_word_tokenizers_keep_symbols_whole():
+    assert CharTokenizer(SYMBOLS).tokenize("a<eou>b <2de>") == ["a", "<eou>", "b", " ", "<2de>"]
+    assert CharTokenizer().tokenize("a<eou>")[:3] == ["a", "<", "e"]  # without: characters
+    words = WordTokenizer(SYMBOLS).tokenize("<2de> hi<eou>there <2d>x")
+    assert words == ["<2de>", "hi", "<eou>", "there", "<2d>", "x"]  # longest symbol first
+
+
+@pytest.mark.parametrize("kind", ["char", "word"])
+def test_symbols_are_reserved_in_the_vocabulary_and_dropped_on_decoding(kind: str):
+    tokenizer = load_tokenizer(kind, symbols=SYMBOLS)
+    texts = ["<2de> a b <eou> c", "a b"]
+    # min_freq 9 keeps nothing from the text, but every symbol stays, right after the specials
+    vocab = Vocab.build((tokenizer.tokenize(t) for t in texts), min_freq=9, reserved=SYMBOLS)
+    assert vocab.pieces[4:] == SYMBOLS
+    codec = TextCodec(tokenizer, Vocab.build(tokenizer.tokenize(t) for t in texts))
+    ids = codec.encode("<2de> a b <eou> c")
+    assert codec.vocab.decode(ids).count("<eou>") == 1  # one piece
+    assert "<" not in codec.decode(ids) and "<eou>" in codec.decode(ids, keep_symbols=True)
+    assert load_tokenizer(kind).fingerprint() != tokenizer.fingerprint()  # caches differ
+
+
+def test_sentencepiece_trains_symbols_as_single_pieces(tmp_path: Path):
+    texts = [f"{t} <eou> {t}" for t in make_corpus(200)]
+    sp = train_tokenizer("sentencepiece", texts, tmp_path / "sp.model", 300, symbols=SYMBOLS)
+    assert sp.tokenize("hi<eou>there <2de>x").count("<eou>") == 1
+    assert "<2de>" in sp.tokenize("<2de>x") and set(SYMBOLS) <= set(sp.vocab_pieces())
+    codec = TextCodec(sp, Vocab.from_pieces(sp.vocab_pieces()))
+    ids = codec.encode("<2de> a man rides <eou> a bike")
+    assert codec.decode(ids) == "a man rides a bike"
+    assert codec.decode(ids, keep_symbols=True).split()[0] == "<2de>"
+    reloaded = load_tokenizer("sentencepiece", tmp_path / "sp.model", SYMBOLS)
+    assert reloaded.tokenize("a<eou>b") == sp.tokenize("a<eou>b")
+
+
+def test_a_sentencepiece_model_without_the_symbols_is_refused(tmp_path: Path):
+    train_tokenizer("sentencepiece", make_corpus(200), tmp_path / "sp.model", 200)
+    with pytest.raises(CheckpointError, match=r"sp\.model.*does not keep <eou>"):
+        load_tokenizer("sentencepiece", tmp_path / "sp.model", ["<eou>"])

@@ -17,8 +17,9 @@ from seq2seq.api import Seq2Seq
 from seq2seq.checkpoint import load_checkpoint
 from seq2seq.config import from_dict, load_config
 from seq2seq.data.batching import collate, token_batches
-from seq2seq.data.prepare import encode, fit_codecs, load_split
-from seq2seq.data.vocab import PAD
+from seq2seq.data.corpus import ParallelText
+from seq2seq.data.prepare import encode, fit_codecs, load_codecs, load_split
+from seq2seq.data.vocab import PAD, UNK
 from seq2seq.errors import CheckpointError, ConfigError
 from seq2seq.rundir import RunDir
 from seq2seq.training.loop import Trainer
@@ -382,3 +383,27 @@ def test_long_sources_are_cut_not_dropped_in_training_and_decoding(tmp_path: Pat
     assert cut.tgt == [tgt.encode(t) for t in text.tgt]  # targets whole
     dropped = encode(text, src, tgt, 3)  # without max_src_len, max_len drops the long pairs
     assert len(dropped) < len(text.src)
+
+
+@pytest.mark.parametrize("tokenizer", ["word", "sentencepiece"])
+def test_a_runs_symbols_stay_whole_and_reload_with_it(tmp_path: Path, tokenizer: str) -> None:
+    cfg = from_dict(
+        {
+            "data": {
+                "tokenizer": tokenizer,
+                "vocab_size": 60,
+                "joint_vocab": True,
+                "symbols": ["<eou>", "<2de>"],
+            }
+        }
+    )
+    src = [f"<2de> a{i % 7} b{i % 5}<eou>c{i % 3}" for i in range(60)]
+    text = ParallelText(src, [f"d{i % 4} e" for i in range(60)], "train", 0)
+    run = RunDir(tmp_path / "run")
+    codec, _ = fit_codecs(cfg.data, text, run)
+    ids = codec.encode(src[0])
+    assert UNK not in ids
+    assert codec.vocab.index("<eou>") in ids and codec.vocab.index("<2de>") in ids
+    reloaded, _ = load_codecs(cfg.data, run)
+    assert reloaded.encode(src[0]) == ids
+    assert reloaded.decode(ids) == codec.decode(ids) and "<" not in codec.decode(ids)

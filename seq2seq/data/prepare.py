@@ -53,7 +53,7 @@ def _fit_side(cfg: DataConfig, texts: list[str], run: RunDir, name: str) -> Text
     """Train (or copy a given) tokenizer on ``texts`` and build its vocabulary."""
     tokenizer: Tokenizer
     if cfg.tokenizer == "sentencepiece" and cfg.sp_model is not None:
-        tokenizer = load_tokenizer("sentencepiece", Path(cfg.sp_model))
+        tokenizer = load_tokenizer("sentencepiece", Path(cfg.sp_model), cfg.symbols)
         tokenizer.save(run.tokenizer_file(name))
     else:
         tokenizer = train_tokenizer(
@@ -62,13 +62,15 @@ def _fit_side(cfg: DataConfig, texts: list[str], run: RunDir, name: str) -> Text
             run.tokenizer_file(name),
             vocab_size=cfg.vocab_size,
             model_type=cfg.sp_model_type,
+            symbols=cfg.symbols,
         )
     pieces = tokenizer.vocab_pieces()
     if pieces is not None:
         vocab = Vocab.from_pieces(pieces)
     else:
         max_size = cfg.vocab_size if cfg.tokenizer == "word" else None
-        vocab = Vocab.build((tokenizer.tokenize(t) for t in texts), max_size, cfg.min_freq)
+        tokenized = (tokenizer.tokenize(t) for t in texts)
+        vocab = Vocab.build(tokenized, max_size, cfg.min_freq, reserved=cfg.symbols)
     vocab.save(run.vocab_file(name))
     log.info("%s vocabulary: %d entries (%s tokenizer)", name, len(vocab), cfg.tokenizer)
     return TextCodec(tokenizer, vocab)
@@ -96,7 +98,7 @@ def load_codecs(cfg: DataConfig, run: RunDir) -> tuple[TextCodec, TextCodec]:
     codecs = []
     for name in dict.fromkeys(run.codec_names(cfg.joint_vocab)):
         model_file = run.tokenizer_file(name) if cfg.tokenizer == "sentencepiece" else None
-        tokenizer = load_tokenizer(cfg.tokenizer, model_file)
+        tokenizer = load_tokenizer(cfg.tokenizer, model_file, cfg.symbols)
         codecs.append(TextCodec(tokenizer, Vocab.load(run.vocab_file(name))))
     return codecs[0], codecs[-1]
 

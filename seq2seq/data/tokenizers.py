@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import io
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +30,17 @@ _SP_MAX_SENTENCES = 2_000_000
 
 
 class Tokenizer(abc.ABC):
-    """Splits text into pieces and joins pieces back into text."""
+    """Splits text into pieces and joins pieces back into text.
+
+    Args:
+        symbols: user-defined symbols (separators such as ``<eou>``, tags such as
+            ``<2de>``): each is one piece wherever it occurs, never split.
+    """
 
     kind: ClassVar[str]
+
+    def __init__(self, symbols: Iterable[str] = ()) -> None:
+        self.symbols = tuple(dict.fromkeys(symbols))
 
     @abc.abstractmethod
     def tokenize(self, text: str) -> list[str]:
@@ -43,7 +52,16 @@ class Tokenizer(abc.ABC):
 
     def fingerprint(self) -> bytes:
         """Bytes that change whenever tokenization could (for caching encoded data)."""
-        return self.kind.encode()
+        return "\0".join((self.kind, *self.symbols)).encode()
+
+    def drop_symbols(self, pieces: list[str]) -> list[str]:
+        """``pieces`` without the user-defined symbols (what text shows of a separator or tag)."""
+        symbols = set(self.symbols)
+        return [p for p in pieces if p not in symbols]
+
+    def _symbol_pattern(self) -> str:
+        """A regex alternation of the symbols, longest first (so ``<a>`` never hides ``<ab>``)."""
+        return "|".join(re.escape(s) for s in sorted(self.symbols, key=len, reverse=True))
 
     def vocab_pieces(self) -> list[str] | None:
         """Returns the tokenizer's own fixed inventory of pieces, or ``None`` if it has none."""
@@ -63,8 +81,13 @@ class CharTokenizer(Tokenizer):
 
     kind = "char"
 
+    def __init__(self, symbols: Iterable[str] = ()) -> None:
+        super().__init__(symbols)
+        symbols = self._symbol_pattern()
+        self._split = re.compile(f"{symbols}|." if symbols else ".", re.DOTALL).findall
+
     def tokenize(self, text: str) -> list[str]:
-        return list(text)
+        return self._split(text)
 
     def detokenize(self, pieces: list[str]) -> str:
         return "".join(pieces)
@@ -75,8 +98,17 @@ class WordTokenizer(Tokenizer):
 
     kind = "word"
 
+    def __init__(self, symbols: Iterable[str] = ()) -> None:
+        super().__init__(symbols)
+        symbols = self._symbol_pattern()
+        self._split = re.compile(f"({symbols})").split if symbols else None
+
     def tokenize(self, text: str) -> list[str]:
-        return text.split()
+        words = text.split()
+        if self._split is None:
+            return words
+        # A symbol glued to a word ("hi<eou>") is a piece of its own.
+        return [part for word in words for part in self._split(word) if part]
 
     def detokenize(self, pieces: list[str]) -> str:
         return " ".join(pieces)
@@ -87,17 +119,28 @@ class SentencePieceTokenizer(Tokenizer):
 
     Args:
         model_proto: the serialized model, i.e. the bytes of a ``.model`` file.
+        symbols: user-defined symbols; the model must hold each as one piece (trained with
+            them as SentencePiece's ``user_defined_symbols``).
 
     Raises:
         RuntimeError: if ``model_proto`` is not a SentencePiece model.
+        ValueError: if a symbol is not one piece of the model.
     """
 
     kind = "sentencepiece"
 
-    def __init__(self, model_proto: bytes) -> None:
+    def __init__(self, model_proto: bytes, symbols: Iterable[str] = ()) -> None:
+        super().__init__(symbols)
         self._sp = spm.SentencePieceProcessor()
         # Loading explicitly, because the constructor silently skips an empty proto.
         self._sp.load_from_serialized_proto(model_proto)
+        # A user-defined symbol is one piece even inside a word; a learned piece is not.
+        missing = [s for s in self.symbols if s not in self._sp.encode(f"a{s}a", out_type=str)]
+        if missing:
+            raise ValueError(
+                f"the sentencepiece model does not keep {', '.join(missing)} as one piece "
+                "(it was trained without these user-defined symbols)"
+            )
 
     def fingerprint(self) -> bytes:
         return self._sp.serialized_model_proto()
@@ -107,6 +150,16 @@ class SentencePieceTokenizer(Tokenizer):
 
     def detokenize(self, pieces: list[str]) -> str:
         return self._sp.decode_pieces(pieces)
+
+    def drop_symbols(self, pieces: list[str]) -> list[str]:
+        """Also drops the bare word boundary ``▁`` SentencePiece puts before a symbol."""
+        symbols = set(self.symbols)
+        nxt = [*pieces[1:], None]
+        return [
+            p
+            for p, n in zip(pieces, nxt, strict=True)
+            if p not in symbols and not (p == "\u2581" and n in symbols)
+        ]
 
     def vocab_pieces(self) -> list[str]:
         """Returns the model's pieces in id order, without its control and unknown symbols.
@@ -136,9 +189,15 @@ class TextCodec:
         """Returns the ids of ``text``, without ``BOS`` or ``EOS``."""
         return self.vocab.encode(self.tokenizer.tokenize(text))
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Returns the text of ``ids``, read up to the first ``EOS``."""
-        return self.tokenizer.detokenize(self.vocab.decode(ids))
+    def decode(self, ids: Iterable[int], keep_symbols: bool = False) -> str:
+        """Returns the text of ``ids``, read up to the first ``EOS``.
+
+        User-defined symbols (separators, tags) are left out unless ``keep_symbols``.
+        """
+        pieces = self.vocab.decode(ids)
+        if not keep_symbols and self.tokenizer.symbols:
+            pieces = self.tokenizer.drop_symbols(pieces)
+        return self.tokenizer.detokenize(pieces)
 
     def pieces(self, text: str) -> list[str]:
         """Returns the pieces of ``text``, e.g. to label an attention plot."""
@@ -151,6 +210,7 @@ def train_tokenizer(
     model_file: Path,
     vocab_size: int = 8000,
     model_type: str = "bpe",
+    symbols: Iterable[str] = (),
 ) -> Tokenizer:
     """Trains a tokenizer on ``texts`` and saves it as ``model_file``.
 
@@ -162,6 +222,7 @@ def train_tokenizer(
         model_file: where the model is written (SentencePiece only).
         vocab_size: SentencePiece's target size; a soft limit, so small corpora still train.
         model_type: ``"bpe"`` or ``"unigram"`` (SentencePiece only).
+        symbols: user-defined symbols, each kept as one piece.
 
     Returns:
         The trained tokenizer.
@@ -170,37 +231,43 @@ def train_tokenizer(
         ValueError: if ``kind`` or ``model_type`` is unknown or ``vocab_size`` is not positive.
         DataError: if SentencePiece cannot train on ``texts`` (e.g. there are none).
     """
+    symbols = tuple(symbols)
     if kind != SentencePieceTokenizer.kind:
-        return _simple_tokenizer(kind)
+        return _simple_tokenizer(kind, symbols)
     if model_type not in SP_MODEL_TYPES:
         raise ValueError(f"unknown model_type {model_type!r}; expected one of {SP_MODEL_TYPES}")
     if vocab_size < 1:
         raise ValueError(f"vocab_size must be positive, got {vocab_size}")
     path = Path(model_file)
-    tokenizer = SentencePieceTokenizer(_train_sentencepiece(texts, path, vocab_size, model_type))
+    model_proto = _train_sentencepiece(texts, path, vocab_size, model_type, symbols)
+    tokenizer = SentencePieceTokenizer(model_proto, symbols)
     tokenizer.save(path)
     return tokenizer
 
 
-def load_tokenizer(kind: str, model_file: Path | None = None) -> Tokenizer:
+def load_tokenizer(
+    kind: str, model_file: Path | None = None, symbols: Iterable[str] = ()
+) -> Tokenizer:
     """Loads a tokenizer saved by :func:`train_tokenizer` or :meth:`Tokenizer.save`.
 
     Args:
         kind: one of ``TOKENIZERS``.
         model_file: the SentencePiece model (a run's tokenizer file, or a pretrained one);
             required for SentencePiece, refused for the other kinds.
+        symbols: the user-defined symbols it was trained with.
 
     Returns:
         The tokenizer.
 
     Raises:
         ValueError: if ``kind`` is unknown, or ``model_file`` is given for another kind.
-        CheckpointError: if the SentencePiece model file is missing or corrupt.
+        CheckpointError: if the SentencePiece model file is missing or corrupt, or does
+            not hold a symbol as one piece.
     """
     if kind != SentencePieceTokenizer.kind:
         if model_file is not None:
             raise ValueError(f"model_file applies to sentencepiece only, not to {kind!r}")
-        return _simple_tokenizer(kind)
+        return _simple_tokenizer(kind, symbols)
     if model_file is None:
         raise ValueError("a sentencepiece tokenizer is loaded from its model_file")
     path = Path(model_file)
@@ -211,22 +278,24 @@ def load_tokenizer(kind: str, model_file: Path | None = None) -> Tokenizer:
     except OSError as e:
         raise CheckpointError(f"sentencepiece model {path} is unreadable: {e}") from None
     try:
-        return SentencePieceTokenizer(model_proto)
+        return SentencePieceTokenizer(model_proto, symbols)
     except RuntimeError as e:
         raise CheckpointError(f"sentencepiece model {path} is corrupt: {e}") from None
+    except ValueError as e:
+        raise CheckpointError(f"sentencepiece model {path}: {e}") from None
 
 
-def _simple_tokenizer(kind: str) -> Tokenizer:
+def _simple_tokenizer(kind: str, symbols: Iterable[str] = ()) -> Tokenizer:
     """Returns the tokenizer of a kind that learns nothing from data."""
     if kind == CharTokenizer.kind:
-        return CharTokenizer()
+        return CharTokenizer(symbols)
     if kind == WordTokenizer.kind:
-        return WordTokenizer()
+        return WordTokenizer(symbols)
     raise ValueError(f"unknown tokenizer {kind!r}; expected one of {TOKENIZERS}")
 
 
 def _train_sentencepiece(
-    texts: Iterable[str], path: Path, vocab_size: int, model_type: str
+    texts: Iterable[str], path: Path, vocab_size: int, model_type: str, symbols: tuple[str, ...]
 ) -> bytes:
     """Trains a SentencePiece model in memory and returns its serialized bytes.
 
@@ -251,6 +320,7 @@ def _train_sentencepiece(
             input_sentence_size=_SP_MAX_SENTENCES,
             shuffle_input_sentence=True,
             minloglevel=2,  # keep SentencePiece's INFO/WARNING chatter off stderr
+            user_defined_symbols=list(symbols),
         )
     except RuntimeError as e:
         if counted.error is not None:

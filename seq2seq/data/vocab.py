@@ -39,7 +39,11 @@ class Vocab:
 
     @classmethod
     def build(
-        cls, tokenized: Iterable[list[str]], max_size: int | None = None, min_freq: int = 1
+        cls,
+        tokenized: Iterable[list[str]],
+        max_size: int | None = None,
+        min_freq: int = 1,
+        reserved: Iterable[str] = (),
     ) -> Vocab:
         """Builds a vocabulary from tokenized training text.
 
@@ -50,9 +54,11 @@ class Vocab:
             tokenized: the pieces of each sentence.
             max_size: most pieces to keep besides the specials; ``None`` keeps all.
             min_freq: fewest occurrences a piece needs to be kept.
+            reserved: pieces kept whatever their count (user-defined symbols), right
+                after the specials; they do not count against ``max_size``.
 
         Returns:
-            The specials followed by the kept pieces.
+            The specials, the reserved pieces, then the kept pieces.
 
         Raises:
             ValueError: if ``max_size`` is negative or ``min_freq`` is below 1.
@@ -64,12 +70,13 @@ class Vocab:
         counts: Counter[str] = Counter()
         for pieces in tokenized:
             counts.update(pieces)
-        for special in SPECIALS:
-            counts.pop(special, None)
+        reserved = [p for p in dict.fromkeys(reserved) if p not in SPECIALS]
+        for piece in (*SPECIALS, *reserved):
+            counts.pop(piece, None)
         kept = sorted(
             (p for p, n in counts.items() if n >= min_freq), key=lambda p: (-counts[p], p)
         )
-        return cls(list(SPECIALS) + kept[:max_size])
+        return cls(list(SPECIALS) + reserved + kept[:max_size])
 
     @classmethod
     def from_pieces(cls, pieces: Iterable[str]) -> Vocab:
