@@ -17,8 +17,12 @@ from seq2seq.checkpoint import save_checkpoint
 from seq2seq.config import Config, dump_config, from_dict
 from seq2seq.data.corpus import ParallelText, read_parallel
 from seq2seq.data.prepare import load_split
+from seq2seq.data.records import Record, Rendering
 from seq2seq.errors import DataError
 from seq2seq.inference import Translation, Translator, evaluate
+from seq2seq.inference.engine import check_symbols
+from seq2seq.inference.evaluate import check_metrics
+from seq2seq.metrics import compute
 from seq2seq.rundir import RunDir
 from seq2seq.training import driver
 from seq2seq.training.loop import Progress
@@ -26,18 +30,38 @@ from seq2seq.training.loop import Progress
 Data = str | Path | ParallelText | Sequence[tuple[str, str]] | None
 
 
-def _as_text(data: Data, cfg: Config, split: str) -> ParallelText | None:
-    """Accept a corpus spec, sentence pairs, ParallelText, or None (the config's split)."""
+def _as_text(
+    data: Data, cfg: Config, split: str, tgt_lang: str | None = None, task: str | None = None
+) -> ParallelText | None:
+    """Accept a corpus spec, sentence pairs, ParallelText (rendered already), or None (the
+    config's split); records are rendered as the config says, those without a
+    ``tgt_lang`` asking for ``tgt_lang`` (else ``data.tgt_lang``), those without a task
+    for ``task``."""
     if data is None:
         return load_split(cfg.data, split)
     if isinstance(data, ParallelText):
         return data
+    rendering, lang = Rendering.of(cfg.data), tgt_lang or cfg.data.tgt_lang
     if isinstance(data, (str, Path)):
-        return read_parallel(data, cfg.data.src_lang, cfg.data.tgt_lang, name=split)
-    pairs = [(s, t) for s, t in data if s.strip() and t.strip()]
-    if not pairs:
+        return read_parallel(
+            data,
+            cfg.data.src_lang,
+            lang,
+            name=split,
+            rendering=rendering,
+            task=task,
+            dialogue_eou=cfg.data.dialogue_eou,
+        )
+    records = [Record(s, t, tgt_lang=lang, task=task) for s, t in data if s.strip() and t.strip()]
+    if not records:
         raise DataError(f"{split}: no usable sentence pairs given")
-    return ParallelText([s for s, _ in pairs], [t for _, t in pairs], split, len(data) - len(pairs))
+    return ParallelText(
+        [rendering.source(r) for r in records],
+        [r.tgt for r in records],
+        split,
+        len(data) - len(records),
+        tuple(rendering.symbols(records)),
+    )
 
 
 class Seq2Seq:
@@ -83,6 +107,7 @@ class Seq2Seq:
             resume=resume,
         )
         self.translator = Translator.from_run(run.path, "best", cfg.train.device)
+        self.config = run.config()  # with the symbols its records were rendered with
         self.run_dir = run.path
         return self.progress.history
 
@@ -93,34 +118,89 @@ class Seq2Seq:
             raise RuntimeError("this model has no weights yet: call fit() or Seq2Seq.load()")
         return self.translator
 
-    def predict(self, texts: Iterable[str], **decode) -> list[str]:
+    def predict(
+        self,
+        texts: Iterable[str],
+        *,
+        tgt_lang: str | None = None,
+        task: str | None = None,
+        **decode,
+    ) -> list[str]:
         """Translate raw sentences to detokenized text.
 
-        Keyword arguments override the config's ``decode`` settings for this call,
+        ``tgt_lang`` (``"de"``) and ``task`` choose the output language and the task of
+        a model trained with language or task tags (``data.lang_tags``/``task_tags``).
+        Other keyword arguments override the config's ``decode`` settings for this call,
         e.g. ``predict(texts, method="beam", beam_size=5)``.
         """
-        return self._require().configure(**decode)(list(texts))
+        results = self.translate(texts, tgt_lang=tgt_lang, task=task, **decode)
+        return [r.text for r in results]
 
     def translate(
-        self, texts: Iterable[str], attention: bool = False, **decode
+        self,
+        texts: Iterable[str],
+        attention: bool = False,
+        *,
+        tgt_lang: str | None = None,
+        task: str | None = None,
+        **decode,
     ) -> list[Translation]:
         """Like :meth:`predict`, with scores, n-best lists, tokens and (on request) the
         attention weights ``[output tokens, source tokens]`` of each sentence."""
-        return self._require().configure(**decode).translate(list(texts), attention=attention)
+        return (
+            self._require()
+            .configure(**decode)
+            .translate(list(texts), attention=attention, tgt_lang=tgt_lang, task=task)
+        )
 
-    def score(self, sources: Iterable[str], targets: Iterable[str]) -> list[float]:
+    def score(
+        self,
+        sources: Iterable[str],
+        targets: Iterable[str],
+        *,
+        tgt_lang: str | None = None,
+        task: str | None = None,
+    ) -> list[float]:
         """Each pair's log-likelihood ``log p(target | source)`` under the model (EOS
-        included): for reranking or filtering parallel data."""
-        return [value for value, _ in self._require().score(list(sources), list(targets))]
+        included): for reranking or filtering parallel data. ``tgt_lang``/``task`` tag
+        the sources as in :meth:`predict`."""
+        translator = self._require()
+        rendered = translator.render(list(sources), tgt_lang=tgt_lang, task=task)
+        return [value for value, _ in translator.score(rendered, list(targets))]
 
     def evaluate(
-        self, data: Data = None, metrics: Iterable[str] = ("bleu", "chrf", "exact")
+        self,
+        data: Data = None,
+        metrics: Iterable[str] = ("bleu", "chrf", "exact"),
+        *,
+        tgt_lang: str | None = None,
+        task: str | None = None,
     ) -> dict:
-        """Scores of the model's outputs against references (the config's test split by default)."""
-        text = _as_text(data, self.config, "test")
+        """Scores of the model's outputs against references (the config's test split by
+        default); ``tgt_lang`` is the language of the references (its tag on the sources),
+        ``task`` the task of pairs that name none.
+
+        With ``data.tasks`` the config's test split also gives each task's scores, under
+        ``"tasks"``: ``{"tasks": {"en-de": {"bleu": ...}, ...}, "bleu": ...}``.
+        """
+        text = _as_text(data, self.config, "test", tgt_lang, task)
         if text is None:
             raise DataError("no evaluation data: pass pairs or set data.test / data.task")
-        return evaluate(self._require(), text.src, text.tgt, metrics).scores
+        translator = self._require()
+        known = translator.src_codec.tokenizer.symbols
+        check_symbols(text.symbols, known, "the evaluation data")
+        result = evaluate(translator, text.src, text.tgt, metrics, rendered=True)
+        scores: dict = dict(result.scores)
+        if text.parts:
+            scores["tasks"] = {
+                part.name: compute(
+                    result.hypotheses[part.start : part.stop],
+                    text.tgt[part.start : part.stop],
+                    check_metrics(metrics),
+                )
+                for part in text.parts
+            }
+        return scores
 
     # ------------------------------------------------------------------ persistence
 

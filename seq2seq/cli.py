@@ -118,7 +118,11 @@ def cmd_translate(args: argparse.Namespace) -> None:
         )
     texts = _read_input(args.input)
     results = translator.translate(
-        texts, attention=bool(args.attention), progress=args.input is not None
+        texts,
+        attention=bool(args.attention),
+        progress=args.input is not None,
+        tgt_lang=args.tgt_lang,
+        task=args.task,
     )
     if translator.decode.n_best > 1:  # n-best lines: index ||| text ||| score
         lines = [
@@ -158,6 +162,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     translator = Translator.from_run(
         args.run_dir, args.checkpoint or "best", args.device, _decode_overrides(args)
     )
+    srcs = translator.render(srcs, tgt_lang=args.tgt_lang, task=args.task)
     lines = [
         f"{value:.4f}\t{count}\t{value / count if count else float('nan'):.4f}"
         for value, count in translator.score(srcs, tgts)
@@ -183,15 +188,91 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from seq2seq.inference.evaluate import check_aligned, check_metrics, evaluate
 
     names = check_metrics(args.metrics.split(","))
-    srcs, refs = read_lines(args.src), [read_lines(path) for path in args.ref]
-    for path, stream in zip(args.ref, refs, strict=True):
-        check_aligned(srcs, stream, args.src, path)
+    if args.data is not None:
+        if args.src or args.ref:
+            raise ConfigError("--data holds sources and references: drop --src and --ref")
+        text = _run_corpus(args)
+        srcs, refs, rendered = text.src, [text.tgt], True
+    else:
+        if not args.src or not args.ref:
+            raise ConfigError("give --src and --ref (or --data, a corpus in any data.train form)")
+        srcs, refs = read_lines(args.src), [read_lines(path) for path in args.ref]
+        for path, stream in zip(args.ref, refs, strict=True):
+            check_aligned(srcs, stream, args.src, path)
+        rendered = False
     _check_writable(args.hyp_out)
-    result = evaluate(_translator(args), srcs, refs, names, progress=True)
+    result = evaluate(
+        _translator(args),
+        srcs,
+        refs,
+        names,
+        progress=True,
+        tgt_lang=args.tgt_lang,
+        task=args.task,
+        rendered=rendered,
+    )
     if args.hyp_out:
         _write_lines(args.hyp_out, result.hypotheses)
     scores = result.scores
     print(json.dumps(scores, indent=2) if args.json else metrics_lib.format_table(scores))
+
+
+def _run_corpus(args: argparse.Namespace):
+    """``--data``: a corpus read and rendered the way the run's own data was."""
+    from seq2seq.data.corpus import read_parallel
+    from seq2seq.data.records import Rendering
+    from seq2seq.inference.engine import check_symbols
+    from seq2seq.rundir import RunDir
+
+    data = RunDir(args.run_dir).config().data
+    text = read_parallel(
+        args.data,
+        data.src_lang,
+        args.tgt_lang or data.tgt_lang,
+        name="--data",
+        rendering=Rendering.of(data),
+        task=args.task,
+        dialogue_eou=data.dialogue_eou,
+    )
+    check_symbols(text.symbols, data.symbols, f"--data {args.data}")
+    return text
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from seq2seq.data.corpus import decode_line
+    from seq2seq.inference.chat import Conversation
+
+    conversation = Conversation(
+        _translator(args), args.context_turns, tgt_lang=args.tgt_lang, task=args.task
+    )
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(
+            "Type a message and press Enter; /reset starts a new conversation, "
+            "Ctrl-D (or an empty line) ends.",
+            file=sys.stderr,
+        )
+    for number, raw in enumerate(_prompted_lines(interactive), start=1):
+        text = decode_line("<stdin>", number, raw).strip()
+        if not text:
+            if interactive:
+                break
+            continue
+        if text == "/reset":
+            conversation.reset()
+            continue
+        print(conversation.reply(text), flush=True)
+
+
+def _prompted_lines(interactive: bool):
+    """Raw lines of stdin, each after a "> " prompt on a terminal."""
+    while True:
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        raw = sys.stdin.buffer.readline()
+        if not raw:
+            return
+        yield raw
 
 
 def cmd_average(args: argparse.Namespace) -> None:
@@ -259,6 +340,12 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_tag_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("tags (runs trained with data.lang_tags / data.task_tags)")
+    g.add_argument("--tgt-lang", metavar="LANG", help="output language, e.g. de (adds <2de>)")
+    g.add_argument("--task", metavar="NAME", help="task, e.g. summarize (adds <task:NAME>)")
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -310,21 +397,41 @@ def _add_training_commands(sub) -> None:
 
 
 def _add_decoding_commands(sub) -> None:
-    """``translate``, ``evaluate``, ``score`` and ``export``."""
+    """``translate``, ``chat``, ``evaluate``, ``score`` and ``export``."""
     p = sub.add_parser("translate", help="translate text with a trained run (stdin -> stdout)")
     _add_model_args(p)
     p.add_argument("-i", "--input", help="input file, one sentence a line (default: stdin)")
     p.add_argument("-o", "--output", help="output file (default: stdout)")
     p.add_argument("--attention", metavar="DIR", help="write one attention heatmap per sentence")
+    _add_tag_args(p)
     _add_decode_args(p)
     p.set_defaults(func=cmd_translate)
 
+    p = sub.add_parser(
+        "chat", help="talk with a dialogue run: each reply sees the conversation so far"
+    )
+    _add_model_args(p)
+    p.add_argument(
+        "--context-turns",
+        type=_positive,
+        metavar="N",
+        help="turns the model sees, yours included (default: the run's data.context_turns)",
+    )
+    _add_tag_args(p)
+    _add_decode_args(p)
+    p.set_defaults(func=cmd_chat)
+
     p = sub.add_parser("evaluate", help="translate a test set and score it")
     _add_model_args(p)
-    p.add_argument("--src", required=True, help="source sentences, one a line")
+    p.add_argument("--src", help="source sentences, one a line")
+    p.add_argument(
+        "--data",
+        metavar="SPEC",
+        help="instead of --src/--ref: a corpus (prefix, .tsv, .jsonl, dialogues) read "
+        "and rendered as the run's training data was",
+    )
     p.add_argument(
         "--ref",
-        required=True,
         action="append",
         help="reference translations, line-aligned; repeat it for several references "
         "(multi-reference BLEU/chrF, ROUGE takes the best reference)",
@@ -336,6 +443,7 @@ def _add_decoding_commands(sub) -> None:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--hyp-out", help="also write the system outputs to this file")
+    _add_tag_args(p)
     _add_decode_args(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -350,6 +458,7 @@ def _add_decoding_commands(sub) -> None:
     )
     p.add_argument("--precision", choices=("fp32", "bf16"), help="inference arithmetic")
     p.add_argument("--quantize", choices=("none", "int8"), help="int8: quantized linears (CPU)")
+    _add_tag_args(p)
     p.set_defaults(func=cmd_score, beam=None, nbest=None, sample=False, seed=None, decode=[])
 
     p = sub.add_parser("export", help="export a Transformer run to another inference engine")

@@ -37,6 +37,22 @@ def _opt(
 
 
 @dataclass(frozen=True)
+class TaskConfig:
+    """One corpus of a multi-task or multilingual run (an entry of ``data.tasks``)."""
+
+    name: str = ""  # the task's name: its <task:name> tag and its validation keys
+    task: Literal["dates", "reverse", "sort", "addition"] | None = None  # built-in task data
+    train: str | None = _opt(None, path=True)  # PREFIX, .tsv or .jsonl (or a built-in task)
+    valid: str | None = _opt(None, path=True)  # its validation pairs, scored on their own
+    test: str | None = _opt(None, path=True)  # its test pairs (Seq2Seq.evaluate default)
+    src_lang: str | None = None  # file suffix of its source side; None: data.src_lang
+    tgt_lang: str | None = None  # file suffix of its target side (and its <2xx> tag)
+    weight: float = _opt(1.0, lo=0.0)  # share of the training examples (relative to the others)
+    metric: Literal["bleu", "chrf", "rouge", "exact"] | None = None  # its validation score
+    # (exact: exact match in %); None: train.early_stop_metric
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where the text comes from and how it becomes token ids."""
 
@@ -59,6 +75,17 @@ class DataConfig:
     max_len: int = _opt(100, lo=1)  # drop training pairs longer (tokens)
     max_src_len: int | None = _opt(None, lo=1)  # cut longer sources (tokens) instead
     max_tgt_len: int | None = _opt(None, lo=1)  # drop pairs with longer targets; None: max_len
+    # records (JSONL with context/speaker/tgt_lang/task) and several corpora
+    tasks: tuple[TaskConfig, ...] = ()  # several corpora in one model, mixed by weight
+    dialogue_eou: str | None = None  # train/valid are files of whole dialogues, one a line,
+    # each turn ending with this marker (DailyDialog: __eou__); every reply is a record
+    context_turns: int = _opt(0, lo=0)  # a record's last turns kept (context + src); 0 = all
+    turn_separator: str = "<eou>"  # the symbol between a record's turns
+    speaker_tags: bool = False  # "speaker: text" for turns that name their speaker
+    lang_tags: bool = False  # put <2xx> (the target language) before each source
+    task_tags: bool = False  # put <task:name> before each source
+    truncate: Literal["end", "oldest_turns"] = "end"  # over max_src_len: cut the end, or
+    # drop whole turns oldest first (tags stay)
 
 
 @dataclass(frozen=True)
@@ -179,15 +206,20 @@ def _closest(key: str, valid: list[str]) -> str:
     return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(valid)}"
 
 
-def _check_value(where: str, value: Any, hint: Any, meta: dict) -> Any:
-    """Validate (and lightly coerce) one value against its type hint and range."""
+def _check_value(
+    where: str, value: Any, hint: Any, meta: dict, base_dir: Path | None = None
+) -> Any:
+    """Validate (and lightly coerce) one value against its type hint and range; a
+    dataclass hint is a nested mapping (``data.tasks`` entries)."""
+    if dataclasses.is_dataclass(hint):
+        return value if isinstance(value, hint) else _build_section(hint, where, value, base_dir)
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
             return None
         inner = [o for o in options if o is not type(None)]
-        return _check_value(where, value, inner[0] if len(inner) == 1 else inner, meta)
+        return _check_value(where, value, inner[0] if len(inner) == 1 else inner, meta, base_dir)
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
@@ -197,7 +229,9 @@ def _check_value(where: str, value: Any, hint: Any, meta: dict) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         kind = typing.get_args(hint)[0]
-        return tuple(_check_value(f"{where}[{i}]", v, kind, meta) for i, v in enumerate(value))
+        return tuple(
+            _check_value(f"{where}[{i}]", v, kind, meta, base_dir) for i, v in enumerate(value)
+        )
     if origin is tuple:
         kinds = typing.get_args(hint)
         if not isinstance(value, (list, tuple)) or len(value) != len(kinds):
@@ -246,7 +280,7 @@ def _build_section(cls: type, name: str, raw: Any, base_dir: Path | None) -> Any
                 f"unknown config key '{name}.{key}'{_closest(str(key), list(fields))}"
             )
         meta = dict(fields[key].metadata)
-        value = _check_value(f"{name}.{key}", value, hints[key], meta)
+        value = _check_value(f"{name}.{key}", value, hints[key], meta, base_dir)
         if meta.get("path") and value is not None and base_dir is not None:
             value = str((base_dir / Path(value).expanduser()).resolve())
         values[key] = value

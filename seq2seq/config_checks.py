@@ -74,11 +74,23 @@ def conflicts(cfg: Any) -> list[str]:
     """Settings that are valid one by one but contradict each other (none ignored silently)."""
     data, model, train, decode = cfg.data, cfg.model, cfg.train, cfg.decode
     bad_symbols = [s for s in data.symbols if not s or s != "".join(s.split())]
+    separator = data.turn_separator
     checks = [
+        *task_conflicts(data),
         (
             bool(bad_symbols),
             f"data.symbols: {bad_symbols} are empty or contain whitespace; a symbol is one "
             "piece such as <eou> or <2de>",
+        ),
+        (
+            not separator or separator != "".join(separator.split()),
+            f"data.turn_separator: {separator!r} is empty or contains whitespace; it is "
+            "one symbol such as <eou>",
+        ),
+        (
+            data.truncate == "oldest_turns" and data.max_src_len is None,
+            "data.truncate: oldest_turns drops turns of sources over data.max_src_len; "
+            "set data.max_src_len (or remove the key)",
         ),
         (
             model.copy and not data.joint_vocab,
@@ -137,3 +149,38 @@ def conflicts(cfg: Any) -> list[str]:
         ),
     ]
     return [message for failed, message in checks if failed]
+
+
+def task_conflicts(data: Any) -> list[tuple[bool, str]]:
+    """``data.tasks``: named, each with its data, and replacing the single-corpus keys."""
+    if not data.tasks:
+        return []
+    names = [t.name for t in data.tasks]
+    checks = [
+        (
+            any(getattr(data, key) is not None for key in ("task", "train", "valid", "test")),
+            "data.tasks names every corpus: remove data.task, data.train, data.valid and "
+            "data.test (each task has its own train, valid and test)",
+        ),
+        (
+            len(set(names)) != len(names),
+            f"data.tasks: the names {names} repeat; each task needs its own name",
+        ),
+        (
+            sum(t.weight for t in data.tasks) <= 0,
+            "data.tasks: every weight is 0; at least one task must be trained on",
+        ),
+    ]
+    for i, t in enumerate(data.tasks):
+        where = f"data.tasks[{i}]"
+        checks += [
+            (
+                not t.name or t.name != "".join(t.name.split()),
+                f"{where}.name: {t.name!r}: every task needs a name without whitespace",
+            ),
+            (
+                (t.task is None) == (t.train is None),
+                f"{where}: give exactly one of train (files) and task (built-in data)",
+            ),
+        ]
+    return checks

@@ -14,6 +14,7 @@ from seq2seq.data.batching import (
     padding_fraction,
     token_batches,
 )
+from seq2seq.data.records import SourceCut
 from seq2seq.data.vocab import BOS, EOS, PAD
 
 BATCH_TOKENS = 64
@@ -193,7 +194,7 @@ def test_filter_long_with_a_separate_target_limit(caplog):
 def test_cut_sources_keeps_every_pair_and_logs_the_count(caplog):
     examples = Examples(src=[[5] * 9, [5] * 2], tgt=[[6], [7]])
     with caplog.at_level(logging.INFO, logger="seq2seq"):
-        cut = cut_sources(examples, 4, "train")
+        cut = cut_sources(examples, SourceCut(4), "train")
     assert cut == Examples(src=[[5] * 4, [5] * 2], tgt=[[6], [7]])
     assert "cut 1 of 2 sources to 4 tokens (data.max_src_len)" in caplog.text
-    assert cut_sources(cut, 4, "train") is cut
+    assert cut_sources(cut, SourceCut(4), "train") is cut

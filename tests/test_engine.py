@@ -12,6 +12,7 @@ import torch
 from seq2seq.checkpoint import save_checkpoint
 from seq2seq.config import dump_config, from_dict
 from seq2seq.data.prepare import fit_codecs, load_split
+from seq2seq.data.records import SourceCut
 from seq2seq.errors import ConfigError, DataError
 from seq2seq.inference import Engine, Translator, evaluate
 from seq2seq.models.build import build_model
@@ -235,7 +236,7 @@ def test_the_translator_cuts_sources_as_training_did(runs: dict) -> None:
         translator.src_codec,
         translator.tgt_codec,
         translator.decode,
-        max_src_len=4,
+        cut=SourceCut(4),
     )
     assert [len(r) for r in cut.encode(["March 3, 2021", "1 a"])] == [4, 3]
     assert [len(r) for r in cut.configure(method="beam").encode(["March 3, 2021"])] == [4]

@@ -19,6 +19,7 @@ from seq2seq.config import from_dict, load_config
 from seq2seq.data.batching import collate, token_batches
 from seq2seq.data.corpus import ParallelText
 from seq2seq.data.prepare import encode, fit_codecs, load_codecs, load_split
+from seq2seq.data.records import SourceCut
 from seq2seq.data.vocab import PAD, UNK
 from seq2seq.errors import CheckpointError, ConfigError
 from seq2seq.rundir import RunDir
@@ -377,7 +378,7 @@ def test_long_sources_are_cut_not_dropped_in_training_and_decoding(tmp_path: Pat
     cfg = from_dict({"data": data})
     text = load_split(cfg.data, "train")
     src, tgt = fit_codecs(cfg.data, text, RunDir(tmp_path / "codecs"))
-    cut = encode(text, src, tgt, 3, max_src_len=3, max_tgt_len=100)
+    cut = encode(text, src, tgt, 3, cut=SourceCut(3), max_tgt_len=100)
     assert len(cut) == len(text.src)  # every pair kept
     assert max(len(row) for row in cut.src) == 3 < max(len(t.split()) for t in text.src)
     assert cut.tgt == [tgt.encode(t) for t in text.tgt]  # targets whole

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from seq2seq.data.records import SourceCut
 from seq2seq.data.vocab import BOS, EOS, PAD
 
 log = logging.getLogger("seq2seq")
@@ -15,10 +16,14 @@ log = logging.getLogger("seq2seq")
 
 @dataclass
 class Examples:
-    """Encoded sentence pairs (ids without BOS/EOS); ``tgt`` is empty for source-only data."""
+    """Encoded sentence pairs (ids without BOS/EOS); ``tgt`` is empty for source-only data.
+
+    ``group[i]`` is the task of pair ``i`` (``data.tasks``); empty with one task.
+    """
 
     src: list[list[int]]
     tgt: list[list[int]]
+    group: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.src)
@@ -68,6 +73,7 @@ def filter_long(
         )
 
     keep = [i for i in range(len(examples)) if fits(i)]
+    group = [examples.group[i] for i in keep] if examples.group else []
     dropped = len(examples) - len(keep)
     if dropped:
         if tgt_limit == max_len:
@@ -79,23 +85,24 @@ def filter_long(
             )
         log.warning("%s: dropped %d of %d pairs %s", name, dropped, len(examples), limit)
     tgt = [examples.tgt[i] for i in keep] if examples.tgt else []
-    return Examples([examples.src[i] for i in keep], tgt)
+    return Examples([examples.src[i] for i in keep], tgt, group)
 
 
-def cut_sources(examples: Examples, max_src_len: int, name: str) -> Examples:
-    """Cut sources to their first ``max_src_len`` tokens (long inputs keep their pair);
-    log how many were cut."""
-    cut = sum(len(row) > max_src_len for row in examples.src)
-    if not cut:
+def cut_sources(examples: Examples, cut: SourceCut, name: str) -> Examples:
+    """Cut sources with ``cut`` (``data.max_src_len``: long inputs keep their pair); log
+    how many were cut."""
+    rows = [cut(row) for row in examples.src]
+    n_cut = sum(len(new) < len(old) for new, old in zip(rows, examples.src, strict=True))
+    if not n_cut:
         return examples
     log.info(
         "%s: cut %d of %d sources to %d tokens (data.max_src_len)",
         name,
-        cut,
+        n_cut,
         len(examples),
-        max_src_len,
+        cut.limit,
     )
-    return Examples([row[:max_src_len] for row in examples.src], examples.tgt)
+    return Examples(rows, examples.tgt, examples.group)
 
 
 def _size(examples: Examples, i: int) -> int:
@@ -110,6 +117,7 @@ def token_batches(
     *,
     rng: random.Random | None = None,
     pool_batches: int = 100,
+    indices: list[int] | None = None,
 ) -> list[list[int]]:
     """Group example indices into batches of at most ``batch_tokens`` padded tokens.
 
@@ -123,11 +131,12 @@ def token_batches(
         rng: shuffles examples and batches when given (training); None keeps a
             deterministic length-sorted order (inference).
         pool_batches: pool size, in batches.
+        indices: the examples to batch (an index may repeat); None: all of them once.
 
     Returns:
         Lists of example indices.
     """
-    order = list(range(len(examples)))
+    order = list(range(len(examples))) if indices is None else list(indices)
     if rng is None:
         pools = [order]
     else:

@@ -3,8 +3,13 @@
 A corpus *spec* names the data in one of three ways:
 
 * ``path.tsv`` (or ``.tsv.gz``): one pair per line, ``source<TAB>target``;
-* ``path.jsonl`` (or ``.jsonl.gz``): one JSON object per line with string keys
-  ``"src"`` and ``"tgt"``;
+* ``path.jsonl`` (or ``.jsonl.gz``): one JSON record per line: a string ``"tgt"``, and
+  ``"src"`` and/or ``"context"`` (with ``"speaker"``, ``"tgt_lang"``, ``"task"``; see
+  :mod:`seq2seq.data.records`, whose :class:`~seq2seq.data.records.Rendering` turns
+  each record into its source text);
+* with ``dialogue_eou`` (``data.dialogue_eou``), one file of whole dialogues, one a
+  line, each turn ending with that marker: every turn after the first is a record's
+  target, with the turns before it as its context;
 * anything else is a prefix: the files are ``PREFIX.<src_lang>`` and
   ``PREFIX.<tgt_lang>``, each optionally gzipped (``PREFIX.de.gz``).
 
@@ -18,10 +23,11 @@ import json
 import logging
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
+from seq2seq.data.records import Record, Rendering, Turn, parse_record
 from seq2seq.errors import DataError
 
 logger = logging.getLogger("seq2seq")
@@ -39,30 +45,47 @@ class ParallelText:
         tgt: Target sentences, ``tgt[i]`` translating ``src[i]``.
         name: Human description, e.g. ``"train (data/train.de, data/train.en)"``.
         skipped_empty: Pairs dropped because either side was empty or whitespace-only.
+        symbols: The tags and separators the rendering of its records wrote.
+        parts: With ``data.tasks``, where each task's pairs lie (concatenated in order).
     """
 
     src: list[str]
     tgt: list[str]
     name: str
     skipped_empty: int
+    symbols: tuple[str, ...] = ()
+    parts: tuple[TextPart, ...] = field(default=())
 
 
-def corpus_files(spec: str | Path, src_lang: str, tgt_lang: str) -> list[Path]:
+@dataclass(frozen=True)
+class TextPart:
+    """The pairs ``start:stop`` of a :class:`ParallelText` that belong to one task."""
+
+    name: str
+    start: int
+    stop: int
+
+
+def corpus_files(
+    spec: str | Path, src_lang: str, tgt_lang: str, dialogues: bool = False
+) -> list[Path]:
     """The file(s) a corpus spec names.
 
     Args:
         spec: A ``.tsv``/``.jsonl`` file (optionally ``.gz``) or a prefix of a file pair.
         src_lang: Source language suffix, used for a prefix spec.
         tgt_lang: Target language suffix, used for a prefix spec.
+        dialogues: ``spec`` is one file of whole dialogues.
 
     Returns:
-        ``[file]`` for a TSV or JSONL spec, ``[source_file, target_file]`` for a prefix.
+        ``[file]`` for a TSV, JSONL or dialogue spec, ``[source_file, target_file]`` for
+        a prefix.
 
     Raises:
         DataError: If a file does not exist; the message names every path tried.
     """
     path = Path(spec)
-    if _single_file_format(path) is not None:
+    if dialogues or _single_file_format(path) is not None:
         if not path.is_file():
             raise DataError(f"corpus file not found: {path}")
         return [path]
@@ -80,15 +103,27 @@ def corpus_files(spec: str | Path, src_lang: str, tgt_lang: str) -> list[Path]:
 
 
 def read_parallel(
-    spec: str | Path, src_lang: str, tgt_lang: str, name: str = "corpus"
+    spec: str | Path,
+    src_lang: str,
+    tgt_lang: str,
+    name: str = "corpus",
+    *,
+    rendering: Rendering | None = None,
+    task: str | None = None,
+    dialogue_eou: str | None = None,
 ) -> ParallelText:
-    """Read a parallel corpus, strip each side and drop pairs with an empty side.
+    """Read a parallel corpus, render its records, and drop pairs with an empty side.
 
     Args:
         spec: Corpus spec, see :func:`corpus_files`.
         src_lang: Source language suffix, used for a prefix spec.
-        tgt_lang: Target language suffix, used for a prefix spec.
+        tgt_lang: Target language suffix, used for a prefix spec, and the ``tgt_lang``
+            of records that name none (their ``<2xx>`` tag with ``data.lang_tags``).
         name: Short name for messages, e.g. ``"train"``.
+        rendering: How records become source text; None: the source as it is.
+        task: The ``task`` of records that name none (their ``<task:...>`` tag).
+        dialogue_eou: ``spec`` is a file of whole dialogues whose turns end with it
+            (unless it is a ``.tsv`` or ``.jsonl`` file, read as such).
 
     Returns:
         The usable pairs; a warning is logged if any pair was skipped.
@@ -97,29 +132,43 @@ def read_parallel(
         DataError: If a file is missing, not UTF-8, malformed (TSV/JSONL), if the two
             files of a pair differ in line count, or if no usable pair remains.
     """
-    files = corpus_files(spec, src_lang, tgt_lang)
+    if _single_file_format(Path(spec)) is not None:
+        dialogue_eou = None
+    files = corpus_files(spec, src_lang, tgt_lang, dialogues=dialogue_eou is not None)
     description = f"{name} ({', '.join(str(f) for f in files)})"
     fmt = _single_file_format(files[0])
-    if fmt == "tsv":
-        pairs = _read_tsv(files[0])
+    if dialogue_eou is not None:
+        records = _read_dialogues(files[0], dialogue_eou)
+    elif fmt == "tsv":
+        records = _read_tsv(files[0])
     elif fmt == "jsonl":
-        pairs = _read_jsonl(files[0])
+        records = _read_jsonl(files[0])
     else:
-        pairs = _read_file_pair(files[0], files[1])
-    src, tgt = [], []
-    for source, target in pairs:
-        source, target = source.strip(), target.strip()
-        if source and target:
-            src.append(source)
-            tgt.append(target)
-    skipped = len(pairs) - len(src)
-    if not src:
+        records = _read_file_pair(files[0], files[1])
+    rendering = rendering or Rendering()
+    usable = []
+    for record in records:
+        if record.tgt is not None and record.tgt.strip() and record.turns():
+            defaults = {"tgt_lang": record.tgt_lang or tgt_lang, "task": record.task or task}
+            usable.append(replace(record, **defaults))
+    skipped = len(records) - len(usable)
+    if not usable:
         raise DataError(f"no usable sentence pairs in {description}")
     if skipped:
         logger.warning(
             "%s: skipped %d sentence pair(s) with an empty source or target", description, skipped
         )
-    return ParallelText(src=src, tgt=tgt, name=description, skipped_empty=skipped)
+    try:
+        src = [rendering.source(r).strip() for r in usable]
+    except DataError as err:
+        raise DataError(f"{description}: {err}") from None
+    return ParallelText(
+        src=src,
+        tgt=[r.tgt.strip() for r in usable],
+        name=description,
+        skipped_empty=skipped,
+        symbols=tuple(rendering.symbols(usable)),
+    )
 
 
 def read_lines(path: str | Path) -> list[str]:
@@ -145,7 +194,7 @@ def read_stream(stream: BinaryIO, name: str = "<stdin>") -> list[str]:
     Raises:
         DataError: If a line is not valid UTF-8 (naming ``name`` and the line).
     """
-    return [_decode_line(name, number, raw) for number, raw in enumerate(stream, start=1)]
+    return [decode_line(name, number, raw) for number, raw in enumerate(stream, start=1)]
 
 
 def _single_file_format(path: Path) -> str | None:
@@ -183,13 +232,13 @@ def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
     with _open_binary(path) as stream:
         try:
             for number, raw in enumerate(stream, start=1):
-                yield number, _decode_line(path, number, raw)
+                yield number, decode_line(path, number, raw)
         except (OSError, EOFError, zlib.error) as error:
             # Corrupt or truncated gzip data surfaces only while reading.
             raise DataError(f"{path}, line {number + 1}: cannot read file ({error})") from None
 
 
-def _decode_line(path: Path | str, number: int, raw: bytes) -> str:
+def decode_line(path: Path | str, number: int, raw: bytes) -> str:
     """Decode one raw line as UTF-8 and drop its ``\\n`` or ``\\r\\n`` ending."""
     if raw.endswith(b"\n"):
         raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
@@ -205,7 +254,7 @@ def _decode_line(path: Path | str, number: int, raw: bytes) -> str:
     return text.removeprefix("\ufeff") if number == 1 else text
 
 
-def _read_file_pair(src_path: Path, tgt_path: Path) -> list[tuple[str, str]]:
+def _read_file_pair(src_path: Path, tgt_path: Path) -> list[Record]:
     """Read two line-aligned files; their line counts must match."""
     src = [line for _, line in _iter_lines(src_path)]
     tgt = [line for _, line in _iter_lines(tgt_path)]
@@ -214,15 +263,32 @@ def _read_file_pair(src_path: Path, tgt_path: Path) -> list[tuple[str, str]]:
             f"parallel files differ in length: {src_path} has {len(src)} lines but "
             f"{tgt_path} has {len(tgt)} lines"
         )
-    return list(zip(src, tgt, strict=True))
+    return [Record(s, t) for s, t in zip(src, tgt, strict=True)]
 
 
-def _read_tsv(path: Path) -> list[tuple[str, str]]:
+def _read_dialogues(path: Path, eou: str) -> list[Record]:
+    """One dialogue a line, turns ending with ``eou``: a record for every reply."""
+    records = []
+    for number, line in _iter_lines(path):
+        turns = [" ".join(t.split()) for t in line.split(eou)]
+        if turns and not turns[-1]:
+            turns.pop()  # the marker ends the last turn too
+        if line.strip() and eou not in line:
+            raise DataError(
+                f"{path}, line {number}: no {eou!r} in the line; data.dialogue_eou says "
+                "each turn ends with it"
+            )
+        context = tuple(Turn(t) for t in turns)
+        records += [Record(tgt=turns[i], context=context[:i]) for i in range(1, len(turns))]
+    return records
+
+
+def _read_tsv(path: Path) -> list[Record]:
     """Read ``source<TAB>target`` lines; a blank line counts as an empty pair."""
     pairs = []
     for number, line in _iter_lines(path):
         if not line.strip():
-            pairs.append(("", ""))
+            pairs.append(Record("", ""))
             continue
         fields = line.split("\t")
         if len(fields) != 2:
@@ -230,26 +296,24 @@ def _read_tsv(path: Path) -> list[tuple[str, str]]:
                 f"{path}, line {number}: expected 2 tab-separated columns (source, target), "
                 f"found {len(fields)}"
             )
-        pairs.append((fields[0], fields[1]))
+        pairs.append(Record(fields[0], fields[1]))
     return pairs
 
 
-def _read_jsonl(path: Path) -> list[tuple[str, str]]:
-    """Read one ``{"src": ..., "tgt": ...}`` object per line; blank lines are empty pairs."""
-    pairs = []
+def _read_jsonl(path: Path) -> list[Record]:
+    """Read one record per line (a target is required); blank lines are empty pairs."""
+    records = []
     for number, line in _iter_lines(path):
         if not line.strip():
-            pairs.append(("", ""))
+            records.append(Record("", ""))
             continue
+        where = f"{path}, line {number}"
         try:
-            record = json.loads(line)
+            obj = json.loads(line)
         except json.JSONDecodeError as error:
-            raise DataError(f"{path}, line {number}: invalid JSON ({error.msg})") from None
-        if not isinstance(record, dict) or not all(
-            isinstance(record.get(key), str) for key in ("src", "tgt")
-        ):
-            raise DataError(
-                f'{path}, line {number}: expected an object with string keys "src" and "tgt"'
-            )
-        pairs.append((record["src"], record["tgt"]))
-    return pairs
+            raise DataError(f"{where}: invalid JSON ({error.msg})") from None
+        record = parse_record(obj, where)
+        if record.tgt is None:
+            raise DataError(f'{where}: the record has no "tgt" (the target text) field')
+        records.append(record)
+    return records

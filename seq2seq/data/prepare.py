@@ -13,7 +13,8 @@ from pathlib import Path
 from seq2seq.config import DataConfig
 from seq2seq.data.batching import Examples, cut_sources, filter_long
 from seq2seq.data.cache import encode_cached
-from seq2seq.data.corpus import ParallelText, read_parallel
+from seq2seq.data.corpus import ParallelText, TextPart, read_parallel
+from seq2seq.data.records import Record, Rendering, SourceCut
 from seq2seq.data.tasks import make_task
 from seq2seq.data.tokenizers import TextCodec, Tokenizer, load_tokenizer, train_tokenizer
 from seq2seq.data.vocab import Vocab
@@ -26,7 +27,9 @@ _TASK_SPLIT_SHARE = {"train": 1.0, "valid": 0.05, "test": 0.05}
 
 
 def load_split(cfg: DataConfig, split: str) -> ParallelText | None:
-    """The ``train``/``valid``/``test`` text of a config: a built-in task or files.
+    """The ``train``/``valid``/``test`` text of a config, rendered (see
+    :class:`~seq2seq.data.records.Rendering`): a built-in task, files, or with
+    ``data.tasks`` every task's pairs one after the other (``ParallelText.parts``).
 
     Returns None when the config names no such split.
 
@@ -34,19 +37,75 @@ def load_split(cfg: DataConfig, split: str) -> ParallelText | None:
         ConfigError: no data at all is configured for training.
         DataError: from the corpus reader.
     """
+    if cfg.tasks:
+        return _load_tasks(cfg, split)
     if cfg.task is not None:
-        size = max(1, int(cfg.task_size * _TASK_SPLIT_SHARE[split]))
-        src, tgt = make_task(cfg.task, split, size, cfg.task_seed)
-        return ParallelText(src, tgt, f"{split} (built-in task '{cfg.task}')", 0)
+        return _builtin(cfg, cfg.task, split, cfg.tgt_lang, None)
     spec = getattr(cfg, split)
     if spec is None:
         if split == "train":
             raise ConfigError(
                 "no training data: set data.train (a file prefix, .tsv or "
-                ".jsonl) or data.task (dates, reverse, sort, addition)"
+                ".jsonl), data.task (dates, reverse, sort, addition) or data.tasks"
             )
         return None
-    return read_parallel(spec, cfg.src_lang, cfg.tgt_lang, name=split)
+    return read_parallel(
+        spec,
+        cfg.src_lang,
+        cfg.tgt_lang,
+        name=split,
+        rendering=Rendering.of(cfg),
+        dialogue_eou=cfg.dialogue_eou,
+    )
+
+
+def _builtin(
+    cfg: DataConfig, task: str, split: str, tgt_lang: str, name: str | None
+) -> ParallelText:
+    """A split of a built-in generated task, rendered like any records."""
+    size = max(1, int(cfg.task_size * _TASK_SPLIT_SHARE[split]))
+    src, tgt = make_task(task, split, size, cfg.task_seed)
+    rendering = Rendering.of(cfg)
+    records = [Record(s, t, tgt_lang=tgt_lang, task=name) for s, t in zip(src, tgt, strict=True)]
+    rendered = [rendering.source(r) for r in records]
+    symbols = tuple(rendering.symbols(records))
+    return ParallelText(rendered, tgt, f"{split} (built-in task '{task}')", 0, symbols)
+
+
+def _load_tasks(cfg: DataConfig, split: str) -> ParallelText | None:
+    """Every task's ``split`` (tasks without one are left out), concatenated."""
+    texts: list[tuple[str, ParallelText]] = []
+    for task in cfg.tasks:
+        src_lang, tgt_lang = task.src_lang or cfg.src_lang, task.tgt_lang or cfg.tgt_lang
+        if task.task is not None:
+            text = _builtin(cfg, task.task, split, tgt_lang, task.name)
+        elif (spec := getattr(task, split, None)) is not None:
+            text = read_parallel(
+                spec,
+                src_lang,
+                tgt_lang,
+                name=f"{split} of task {task.name}",
+                rendering=Rendering.of(cfg),
+                task=task.name,
+                dialogue_eou=cfg.dialogue_eou,
+            )
+        else:
+            continue
+        texts.append((task.name, text))
+    if not texts:
+        return None
+    parts, start = [], 0
+    for name, text in texts:
+        parts.append(TextPart(name, start, start + len(text.src)))
+        start += len(text.src)
+    return ParallelText(
+        src=[s for _, t in texts for s in t.src],
+        tgt=[s for _, t in texts for s in t.tgt],
+        name=f"{split} ({', '.join(t.name for _, t in texts)})",
+        skipped_empty=sum(t.skipped_empty for _, t in texts),
+        symbols=tuple(dict.fromkeys(s for _, t in texts for s in t.symbols)),
+        parts=tuple(parts),
+    )
 
 
 def _fit_side(cfg: DataConfig, texts: list[str], run: RunDir, name: str) -> TextCodec:
@@ -110,23 +169,27 @@ def encode(
     max_len: int | None,
     cache_dir: Path | None = None,
     *,
-    max_src_len: int | None = None,
+    cut: SourceCut | None = None,
     max_tgt_len: int | None = None,
 ) -> Examples:
     """Encode sentence pairs (through the cache in ``cache_dir`` when given).
 
-    With ``max_src_len`` longer sources are cut to it and keep their pair; pairs whose
-    target exceeds ``max_tgt_len`` (else ``max_len``), or without ``max_src_len`` whose
-    source exceeds ``max_len``, are dropped (and counted).
+    With a ``cut`` (``data.max_src_len``) longer sources are cut and keep their pair;
+    pairs whose target exceeds ``max_tgt_len`` (else ``max_len``), or without a cut
+    whose source exceeds ``max_len``, are dropped (and counted). Each example's
+    ``group`` is the index of its part (task) of ``text``.
 
     Raises:
         DataError: no pairs are left.
     """
     examples = encode_cached(text, src, tgt, cache_dir)
-    if max_src_len:
-        examples = cut_sources(examples, max_src_len, text.name)
+    if text.parts:
+        examples.group = [i for i, p in enumerate(text.parts) for _ in range(p.start, p.stop)]
+    cutting = cut is not None and cut.limit is not None
+    if cutting:
+        examples = cut_sources(examples, cut, text.name)
     if max_len or max_tgt_len:
-        src_limit = None if max_src_len else max_len  # cut sources need no limit
+        src_limit = None if cutting else max_len  # cut sources need no limit
         examples = filter_long(examples, src_limit, text.name, max_tgt_len=max_tgt_len or max_len)
     if not len(examples):
         raise DataError(

@@ -143,6 +143,9 @@ class Vocab:
         """Returns the piece with id ``i``."""
         return self._pieces[i]
 
+    def __contains__(self, piece: object) -> bool:
+        return piece in self._ids
+
     def index(self, piece: str) -> int:
         """Returns the id of ``piece``, or ``UNK`` if it is not in the vocabulary."""
         return self._ids.get(piece, UNK)

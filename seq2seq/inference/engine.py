@@ -16,6 +16,7 @@ and the CTranslate2 engine both implement :class:`Engine`, sharing ``finish``,
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -23,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from seq2seq.config import DecodeConfig
+from seq2seq.data.records import Record, Rendering, SourceCut, lang_tag, task_tag
 from seq2seq.data.tokenizers import TextCodec
 from seq2seq.data.vocab import EOS, SPECIALS, UNK, Vocab
 from seq2seq.errors import ConfigError
@@ -77,41 +79,126 @@ class Engine(Protocol):
 
     def finish(self, src_ids: list[int], hyps: list[Hypothesis]) -> Translation: ...
 
+    def render(
+        self, texts: list[str], *, tgt_lang: str | None = None, task: str | None = None
+    ) -> list[str]:
+        """The model's input for raw texts: the run's tags put in front (``<2de>``)."""
+        ...
+
     def translate(
-        self, texts: list[str], *, attention: bool = False, progress: bool = False
+        self,
+        texts: list[str],
+        *,
+        attention: bool = False,
+        progress: bool = False,
+        tgt_lang: str | None = None,
+        task: str | None = None,
     ) -> list[Translation]: ...
 
     def __call__(self, texts: list[str]) -> list[str]: ...
 
 
 class PhasedEngine:
-    """``finish``, ``translate`` and ``__call__`` of an engine, from its phases and its
-    ``src_codec``/``tgt_codec``; an engine adds ``encode``, ``batches`` and
-    ``decode_batch``."""
+    """``render``, ``finish``, ``translate`` and ``__call__`` of an engine, from its
+    phases, its ``src_codec``/``tgt_codec`` and its ``rendering`` (the run's record
+    rendering; the plain one when texts come rendered, as in validation); an engine
+    adds ``encode``, ``batches`` and ``decode_batch``."""
 
     src_codec: TextCodec
     tgt_codec: TextCodec
+    rendering: Rendering = Rendering()
+
+    def render(
+        self, texts: list[str], *, tgt_lang: str | None = None, task: str | None = None
+    ) -> list[str]:
+        """The model's input for raw texts: the run's tags put in front (``<2de>``).
+
+        Raises:
+            ConfigError: a target language or task the run was not trained with (the
+                message lists those it knows), or none where the run needs one.
+        """
+        _check_tag(self.rendering.lang_tags, tgt_lang, "language", lang_tag, self.src_codec)
+        _check_tag(self.rendering.task_tags, task, "task", task_tag, self.src_codec)
+        if tgt_lang is None and task is None:
+            return texts
+        return [
+            self.rendering.source(Record(t, tgt_lang=tgt_lang, task=task)) if t.strip() else t
+            for t in texts
+        ]
 
     def finish(self, src_ids: list[int], hyps: list[Hypothesis]) -> Translation:
         return finish(self.src_codec, self.tgt_codec, src_ids, hyps)
 
     def translate(
-        self, texts: list[str], *, attention: bool = False, progress: bool = False
+        self,
+        texts: list[str],
+        *,
+        attention: bool = False,
+        progress: bool = False,
+        tgt_lang: str | None = None,
+        task: str | None = None,
     ) -> list[Translation]:
         """Translate raw sentences; outputs come back in input order.
 
         Empty or whitespace-only inputs give empty outputs (line alignment is kept).
+        ``tgt_lang``/``task`` choose the output language and task of a run trained with
+        ``data.lang_tags``/``data.task_tags``.
         """
-        return translate_texts(self, texts, attention=attention, progress=progress)  # type: ignore[arg-type]
+        return translate_texts(
+            self,  # type: ignore[arg-type]
+            self.render(texts, tgt_lang=tgt_lang, task=task),
+            attention=attention,
+            progress=progress,
+        )
 
     def __call__(self, texts: list[str]) -> list[str]:
         return [t.text for t in self.translate(texts)]
 
 
+def _check_tag(
+    tagged: bool, value: str | None, what: str, tag_of: Callable[[str], str], codec: TextCodec
+) -> None:
+    """``value`` names a tag the run knows when the run tags sources, else is None."""
+    prefix = tag_of("")[:-1]  # "<2" or "<task:"; tags end in ">"
+    known = [s[len(prefix) : -1] for s in codec.tokenizer.symbols if s.startswith(prefix)]
+    option = {"language": "--tgt-lang (tgt_lang=)", "task": "--task (task=)"}[what]
+    if value is None and tagged:
+        raise ConfigError(
+            f"this run was trained with a {what} tag on every source: choose the {what} "
+            f"with {option}; it knows {', '.join(known) or 'none'}"
+        )
+    if value is not None and not tagged:
+        raise ConfigError(
+            f"{option.split()[0]} {value}: this run was trained without {what} tags "
+            f"(data.{'lang' if what == 'language' else 'task'}_tags); leave it out"
+        )
+    if value is not None and tag_of(value) not in codec.tokenizer.symbols:
+        raise ConfigError(
+            f"{option.split()[0]} {value}: not a {what} of this run; it knows "
+            f"{', '.join(known) or 'none'}"
+        )
+
+
+def check_symbols(symbols: Iterable[str], known: Iterable[str], where: str) -> None:
+    """Rendered data uses only tags and separators the run was trained with (``known``).
+
+    Raises:
+        ConfigError: naming the unknown ones and those the run knows.
+    """
+    known = list(known)
+    unknown = sorted(set(symbols) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{where}: its records ask for {', '.join(unknown)}, which this run was not "
+            f"trained with; it knows {', '.join(known) or 'no symbols'} "
+            "(choose the language or task among those: --tgt-lang, --task)"
+        )
+
+
 def translate_texts(
     engine: Engine, texts: list[str], *, attention: bool = False, progress: bool = False
 ) -> list[Translation]:
-    """Translate raw sentences with ``engine``; outputs come back in input order.
+    """Translate model inputs (already rendered) with ``engine``, in input order.
 
     Empty or whitespace-only inputs give empty outputs (line alignment is kept).
     """
@@ -145,13 +232,13 @@ def finish(
 
 
 def encode_source(
-    codec: TextCodec, text: str, max_positions: int | None, max_src_len: int | None = None
+    codec: TextCodec, text: str, max_positions: int | None, cut: SourceCut | None = None
 ) -> list[int]:
-    """Source ids of ``text`` (without EOS): cut to ``max_src_len`` as in training
-    (``data.max_src_len``), and with a warning to fit the model's positions."""
+    """Source ids of ``text`` (without EOS): cut as in training (``data.max_src_len``),
+    and with a warning to fit the model's positions."""
     ids = codec.encode(text)
-    if max_src_len is not None:
-        ids = ids[:max_src_len]
+    if cut is not None:
+        ids = cut(ids)
     if max_positions is not None and len(ids) + 1 > max_positions:  # + EOS
         log.warning(
             "a source of %d tokens is cut to the model's %d positions", len(ids) + 1, max_positions

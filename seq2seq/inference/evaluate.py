@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from seq2seq import metrics as metrics_lib
 from seq2seq.errors import ConfigError, DataError
-from seq2seq.inference.engine import Engine
+from seq2seq.inference.engine import Engine, translate_texts
 
 
 @dataclass
@@ -47,10 +47,17 @@ def evaluate(
     metrics: Iterable[str] = ("bleu", "chrf"),
     *,
     progress: bool = False,
+    tgt_lang: str | None = None,
+    task: str | None = None,
+    rendered: bool = False,
 ) -> Evaluation:
     """Translate ``sources`` with ``engine`` and score the outputs against ``refs``: one
     reference per source, or several such streams (multi-reference BLEU, chrF, ROUGE and
     exact match).
+
+    ``tgt_lang``/``task`` tag raw sources as the engine's run needs (see
+    :meth:`~seq2seq.inference.engine.PhasedEngine.render`); ``rendered`` sources are the
+    model's input already (a config's split, tags included).
 
     Raises:
         ConfigError: an unknown metric.
@@ -59,7 +66,9 @@ def evaluate(
     names = check_metrics(metrics)
     for stream in metrics_lib.reference_streams(refs):
         check_aligned(sources, stream, "the sources", "the references")
-    hyps = [t.text for t in engine.translate(sources, progress=progress)]
+    if not rendered:
+        sources = engine.render(sources, tgt_lang=tgt_lang, task=task)
+    hyps = [t.text for t in translate_texts(engine, sources, progress=progress)]
     try:
         return Evaluation(metrics_lib.compute(hyps, refs, names), hyps)
     except ValueError as err:

@@ -21,6 +21,7 @@ import torch
 
 from seq2seq.config import Config, DecodeConfig, from_dict, to_dict
 from seq2seq.data.batching import Examples, collate, token_batches
+from seq2seq.data.records import Rendering, SourceCut
 from seq2seq.data.tokenizers import TextCodec
 from seq2seq.data.vocab import BOS, EOS, PAD
 from seq2seq.devices import pick_device
@@ -47,7 +48,9 @@ class Translator(PhasedEngine):
         src_codec, tgt_codec: tokenizer + vocabulary of each side.
         decode: search settings (method, beam, sampling, limits, precision, int8).
         prepared: the inference copy of ``model`` for ``decode`` when one exists already.
-        max_src_len: sources are cut to this many tokens, as in training (``data.max_src_len``).
+        cut: how sources are cut, as in training (``data.max_src_len``, ``data.truncate``).
+        rendering: how :meth:`render` tags raw texts (the run's ``data`` keys); the plain
+            rendering for texts rendered already (validation).
 
     Raises:
         ConfigError: a banned token that is not in the target vocabulary, or int8
@@ -62,10 +65,11 @@ class Translator(PhasedEngine):
         decode: DecodeConfig,
         prepared: Decoder | None = None,
         *,
-        max_src_len: int | None = None,
+        cut: SourceCut | None = None,
+        rendering: Rendering | None = None,
     ):
         self.src_codec, self.tgt_codec, self.decode = src_codec, tgt_codec, decode
-        self.max_src_len = max_src_len
+        self.cut, self.rendering = cut, rendering or Rendering()
         self.base_model = model  # the weights as trained (saved by Seq2Seq.save)
         self.model = prepared if prepared is not None else for_inference(model.eval(), decode)
         self.rules = Rules(
@@ -114,7 +118,8 @@ class Translator(PhasedEngine):
             cfg = cfg.replace(decode=decode)
         joined = models[0] if len(models) == 1 else Ensemble(models)
         joined.to(pick_device(device))  # int8 on a GPU is refused by the constructor
-        return cls(joined, *codecs, cfg.decode, max_src_len=cfg.data.max_src_len)
+        cut = SourceCut.of(cfg.data, codecs[0])
+        return cls(joined, *codecs, cfg.decode, cut=cut, rendering=Rendering.of(cfg.data))
 
     def configure(self, **decode) -> Translator:
         """A Translator over the same weights with some decode settings changed,
@@ -138,7 +143,8 @@ class Translator(PhasedEngine):
             self.tgt_codec,
             settings,
             prepared,
-            max_src_len=self.max_src_len,
+            cut=self.cut,
+            rendering=self.rendering,
         )
 
     # ------------------------------------------------------------------ the phases
@@ -146,7 +152,7 @@ class Translator(PhasedEngine):
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Source ids of each text (without EOS), cut to the model's positions."""
         limit = self.model.max_positions
-        return [encode_source(self.src_codec, t, limit, self.max_src_len) for t in texts]
+        return [encode_source(self.src_codec, t, limit, self.cut) for t in texts]
 
     def batches(self, rows: list[list[int]]) -> list[list[int]]:
         """Length-sorted groups of row indices within ``decode.batch_tokens``."""

@@ -21,6 +21,7 @@ from seq2seq import metrics as metrics_lib
 from seq2seq.config import Config
 from seq2seq.data.corpus import ParallelText
 from seq2seq.data.prepare import encode, fit_codecs, load_codecs, load_split
+from seq2seq.data.records import SourceCut
 from seq2seq.devices import pick_device
 from seq2seq.errors import CheckpointError, ConfigError, DataError
 from seq2seq.inference.translator import Translator
@@ -91,21 +92,18 @@ def prepare(
     torch.manual_seed(cfg.train.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    cfg = with_rendered_symbols(cfg, train_text, valid_text)
     run.save_config(cfg)
     codecs = load_codecs(cfg.data, run) if resume else fit_codecs(cfg.data, train_text, run)
     src_codec, tgt_codec = codecs
     data = cfg.data
+    cut = SourceCut.of(data, src_codec)
     train_ex = encode(
-        train_text,
-        *codecs,
-        data.max_len,
-        run.cache,
-        max_src_len=data.max_src_len,
-        max_tgt_len=data.max_tgt_len,
+        train_text, *codecs, data.max_len, run.cache, cut=cut, max_tgt_len=data.max_tgt_len
     )
     valid_ex = None
     if valid_text:
-        valid_ex = encode(valid_text, *codecs, None, run.cache, max_src_len=data.max_src_len)
+        valid_ex = encode(valid_text, *codecs, None, run.cache, cut=cut)
     device = pick_device(cfg.train.device)
     model = build_model(cfg.model, len(src_codec.vocab), len(tgt_codec.vocab)).to(device)
     millions = sum(p.numel() for p in model.parameters()) / 1e6
@@ -114,31 +112,67 @@ def prepare(
     if valid_text is not None:
         # Validation decodes the live weights: never an int8 or bf16 copy of them.
         live = dataclasses.replace(cfg.decode, quantize="none", precision="fp32")
-        translator = Translator(model, *codecs, live, max_src_len=data.max_src_len)
-        score_fn = _scores_of(translator, valid_text, cfg.train.early_stop_metric)
+        translator = Translator(model, *codecs, live, cut=cut)  # valid_text is rendered
+        metrics = {t.name: t.metric for t in data.tasks if t.metric}
+        score_fn = _scores_of(translator, valid_text, cfg.train.early_stop_metric, metrics)
     trainer = Trainer(cfg, model, train_ex, valid_ex, run, device, score_fn)
     if resume:
         trainer.resume()
     return trainer
 
 
+def with_rendered_symbols(cfg: Config, *texts: ParallelText | None) -> Config:
+    """``cfg`` with the tags and separators its records were rendered with added to
+    ``data.symbols``, so that they are single tokens and the run remembers them."""
+    rendered = [s for text in texts if text is not None for s in text.symbols]
+    symbols = tuple(dict.fromkeys((*cfg.data.symbols, *rendered)))
+    if symbols == cfg.data.symbols:
+        return cfg
+    log.info("symbols (one token each): %s", " ".join(symbols))
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, symbols=symbols))
+
+
 def _scores_of(
-    translator: Translator, text: ParallelText, early_stop_metric: str
+    translator: Translator,
+    text: ParallelText,
+    early_stop_metric: str,
+    task_metrics: dict[str, str] | None = None,
 ) -> Callable[[], dict[str, float]]:
     """Decode the valid set and score it: BLEU always, plus the early-stopping metric.
 
-    ``rouge`` records ROUGE-1/2/L F1 (stemmed) and their mean as ``valid_rouge``.
+    ``rouge`` records ROUGE-1/2/L F1 (stemmed) and their mean as ``valid_rouge``. With
+    several tasks (``text.parts``) each is scored on its own as ``valid_<task>_<metric>``
+    (by its ``metric`` in ``task_metrics``, else the early-stopping one), and
+    ``valid_<early_stop_metric>`` is the mean of the tasks' scores (no corpus score
+    across tasks is made: it would mix them).
     """
+    task_metrics = task_metrics or {}
+
+    def scored(hyps: list[str], refs: list[str], metric: str, prefix: str) -> dict[str, float]:
+        scores = {f"{prefix}bleu": metrics_lib.bleu(hyps, refs)[0]}
+        if metric == "chrf":
+            scores[f"{prefix}chrf"] = metrics_lib.chrf(hyps, refs)[0]
+        elif metric == "exact":
+            scores[f"{prefix}exact"] = 100 * metrics_lib.exact_match(hyps, refs)
+        elif metric == "rouge":
+            rouge = metrics_lib.rouge(hyps, refs)
+            parts = {f"{prefix}{name}": rouge[name] for name in ("rouge1", "rouge2", "rougeL")}
+            scores.update(parts, **{f"{prefix}rouge": sum(parts.values()) / len(parts)})
+        return scores
 
     def score() -> dict[str, float]:
         hyps = translator(text.src)
-        scores = {"valid_bleu": metrics_lib.bleu(hyps, text.tgt)[0]}
-        if early_stop_metric == "chrf":
-            scores["valid_chrf"] = metrics_lib.chrf(hyps, text.tgt)[0]
-        elif early_stop_metric == "rouge":
-            rouge = metrics_lib.rouge(hyps, text.tgt)
-            parts = {f"valid_{name}": rouge[name] for name in ("rouge1", "rouge2", "rougeL")}
-            scores.update(parts, valid_rouge=sum(parts.values()) / len(parts))
+        if not text.parts:
+            return scored(hyps, text.tgt, early_stop_metric, "valid_")
+        scores, means = {}, []
+        for part in text.parts:
+            metric = task_metrics.get(part.name, early_stop_metric)
+            span = slice(part.start, part.stop)
+            prefix = f"valid_{part.name}_"
+            scores.update(scored(hyps[span], text.tgt[span], metric, prefix))
+            means.append(scores.get(f"{prefix}{metric}", scores[f"{prefix}bleu"]))
+        if early_stop_metric != "loss":
+            scores[f"valid_{early_stop_metric}"] = sum(means) / len(means)
         return scores
 
     return score

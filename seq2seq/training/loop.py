@@ -124,7 +124,10 @@ class Trainer:
         self.schedule = Schedule(self.tc)
         self.progress = Progress()
         self._writer = None
-        self.order = BatchOrder(train, self.tc.batch_tokens, self.tc.pool_batches, self.tc.seed)
+        weights = tuple(t.weight for t in cfg.data.tasks)
+        self.order = BatchOrder(
+            train, self.tc.batch_tokens, self.tc.pool_batches, self.tc.seed, weights
+        )
         self._since_valid = [0.0, 0]  # summed training loss and target tokens
         self.precision = resolve(device, self.tc.precision)
         limit_kernel_cache(device, self.precision)

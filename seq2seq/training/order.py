@@ -19,12 +19,48 @@ class BatchOrder:
         examples: the training data.
         batch_tokens, pool_batches: see :func:`token_batches`.
         seed: with the epoch number, decides the shuffling.
+        weights: with several tasks (``examples.group``), each task's share of an epoch
+            (``data.tasks[i].weight``, relative): an epoch has as many examples as the
+            data, task ``i`` ``weight_i / sum(weights)`` of them, drawn without
+            replacement while its examples last (oversampled tasks repeat whole).
     """
 
-    def __init__(self, examples: Examples, batch_tokens: int, pool_batches: int, seed: int):
+    def __init__(
+        self,
+        examples: Examples,
+        batch_tokens: int,
+        pool_batches: int,
+        seed: int,
+        weights: tuple[float, ...] = (),
+    ):
         self.examples, self.batch_tokens, self.pool_batches = examples, batch_tokens, pool_batches
-        self.seed = seed
+        self.seed, self.weights = seed, weights
         self._epochs: dict[int, list[list[int]]] = {}
+        if weights and examples.group:
+            self._members = [[] for _ in weights]
+            for i, g in enumerate(examples.group):
+                self._members[g].append(i)
+            shares = [len(examples) * w / sum(weights) for w in weights]
+            self._counts = [round(share) for share in shares]
+            log.info(
+                "tasks per epoch: %s",
+                ", ".join(
+                    f"{c} of {len(m)} examples"
+                    for c, m in zip(self._counts, self._members, strict=True)
+                ),
+            )
+
+    def _indices(self, rng: random.Random) -> list[int] | None:
+        """The examples of one epoch: all once, or each task's weighted share."""
+        if not (self.weights and self.examples.group):
+            return None
+        chosen = []
+        for members, count in zip(self._members, self._counts, strict=True):
+            if not members:
+                continue
+            whole, rest = divmod(count, len(members))
+            chosen += members * whole + rng.sample(members, rest)
+        return chosen
 
     def epoch(self, epoch: int) -> list[list[int]]:
         """The batches of ``epoch`` (this one and the previous one are kept)."""
@@ -32,7 +68,11 @@ class BatchOrder:
             self._epochs = {e: o for e, o in self._epochs.items() if e == epoch - 1}
             rng = random.Random(self.seed * 100003 + epoch)
             self._epochs[epoch] = token_batches(
-                self.examples, self.batch_tokens, rng=rng, pool_batches=self.pool_batches
+                self.examples,
+                self.batch_tokens,
+                rng=rng,
+                pool_batches=self.pool_batches,
+                indices=self._indices(rng),
             )
         return self._epochs[epoch]
 

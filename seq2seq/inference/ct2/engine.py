@@ -17,6 +17,7 @@ import torch
 
 from seq2seq.config import DecodeConfig, parse_config
 from seq2seq.data.prepare import load_codecs
+from seq2seq.data.records import Rendering, SourceCut
 from seq2seq.data.tokenizers import TextCodec
 from seq2seq.data.vocab import BOS, EOS, PAD, SPECIALS
 from seq2seq.errors import CheckpointError, ConfigError
@@ -63,7 +64,8 @@ class CTranslate2Translator(PhasedEngine):
         src_codec, tgt_codec: tokenizer + vocabulary of each side.
         decode: search settings.
         max_positions: the model's longest sequence (``model.max_positions``).
-        max_src_len: sources are cut to this many tokens, as in training (``data.max_src_len``).
+        cut: how sources are cut, as in training (``data.max_src_len``, ``data.truncate``).
+        rendering: how :meth:`render` tags raw texts (the run's ``data`` keys).
     """
 
     def __init__(
@@ -73,11 +75,12 @@ class CTranslate2Translator(PhasedEngine):
         tgt_codec: TextCodec,
         decode: DecodeConfig,
         max_positions: int,
-        max_src_len: int | None = None,
+        cut: SourceCut | None = None,
+        rendering: Rendering | None = None,
     ):
         self.translator, self.src_codec, self.tgt_codec = translator, src_codec, tgt_codec
         self.decode, self.max_positions = decode, max_positions
-        self.max_src_len = max_src_len
+        self.cut, self.rendering = cut, rendering or Rendering()
         self._banned = self._banned_pieces()
         self._seed: int | None = secrets.randbits(32) if decode.seed is None else decode.seed
         self._seed_lock = threading.Lock()
@@ -128,14 +131,15 @@ class CTranslate2Translator(PhasedEngine):
         if compute_type is None:
             compute_type = compute_type_for(decode)
         translator = _load_translator(ct2, export.path, device, compute_type, threads)
-        return cls(translator, *codecs, decode, cfg.model.max_positions, cfg.data.max_src_len)
+        cut, rendering = SourceCut.of(cfg.data, codecs[0]), Rendering.of(cfg.data)
+        return cls(translator, *codecs, decode, cfg.model.max_positions, cut, rendering)
 
     # ------------------------------------------------------------------ the phases
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Source ids of each text (without EOS), cut to the model's positions."""
         limit = self.max_positions
-        return [encode_source(self.src_codec, t, limit, self.max_src_len) for t in texts]
+        return [encode_source(self.src_codec, t, limit, self.cut) for t in texts]
 
     def batches(self, rows: list[list[int]]) -> list[list[int]]:
         """All rows in one length-sorted call: CTranslate2 batches by tokens itself."""
