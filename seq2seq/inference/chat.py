@@ -34,7 +34,7 @@ class Conversation:
         tgt_lang: str | None = None,
         task: str | None = None,
     ):
-        engine.render(["-"], tgt_lang=tgt_lang, task=task)  # checks the tags
+        engine.check_tags(tgt_lang, task)
         self.engine, self.tgt_lang, self.task = engine, tgt_lang, task
         self.rendering = engine.rendering
         if context_turns is not None:

@@ -59,6 +59,7 @@ class Engine(Protocol):
     src_codec: TextCodec
     tgt_codec: TextCodec
     decode: DecodeConfig
+    rendering: Rendering
 
     @property
     def has_attention(self) -> bool: ...
@@ -78,6 +79,10 @@ class Engine(Protocol):
         ...
 
     def finish(self, src_ids: list[int], hyps: list[Hypothesis]) -> Translation: ...
+
+    def check_tags(self, tgt_lang: str | None, task: str | None) -> None:
+        """Raises ConfigError unless the run knows (and needs) these tags."""
+        ...
 
     def render(
         self, texts: list[str], *, tgt_lang: str | None = None, task: str | None = None
@@ -108,10 +113,8 @@ class PhasedEngine:
     tgt_codec: TextCodec
     rendering: Rendering = Rendering()
 
-    def render(
-        self, texts: list[str], *, tgt_lang: str | None = None, task: str | None = None
-    ) -> list[str]:
-        """The model's input for raw texts: the run's tags put in front (``<2de>``).
+    def check_tags(self, tgt_lang: str | None, task: str | None) -> None:
+        """The run knows these tags, and gets them where it was trained with them.
 
         Raises:
             ConfigError: a target language or task the run was not trained with (the
@@ -119,6 +122,16 @@ class PhasedEngine:
         """
         _check_tag(self.rendering.lang_tags, tgt_lang, "language", lang_tag, self.src_codec)
         _check_tag(self.rendering.task_tags, task, "task", task_tag, self.src_codec)
+
+    def render(
+        self, texts: list[str], *, tgt_lang: str | None = None, task: str | None = None
+    ) -> list[str]:
+        """The model's input for raw texts: the run's tags put in front (``<2de>``).
+
+        Raises:
+            ConfigError: from :meth:`check_tags`.
+        """
+        self.check_tags(tgt_lang, task)
         if tgt_lang is None and task is None:
             return texts
         return [
