@@ -76,7 +76,7 @@ def parse_record(obj: object, where: str) -> Record:
     """
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    for key in ("src", "tgt", "speaker", "src_lang", "tgt_lang", "task"):
+    for key in (k for k in RECORD_KEYS if k != "context"):  # the string fields
         if key in obj and not isinstance(obj[key], str):
             kind = type(obj[key]).__name__
             raise DataError(f'{where}: field "{key}" must be a string, got {kind}')
