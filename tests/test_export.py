@@ -185,6 +185,21 @@ def test_int8_decode_settings_pick_int8(exported) -> None:
     assert len(ct2(SOURCES[:5])) == 5
 
 
+def test_configure_changes_the_search_not_the_arithmetic(exported) -> None:
+    _, _, out = exported
+    ct2 = CTranslate2Translator.from_export(out, threads=1)
+    beam = ct2.configure(method="beam", beam_size=3, n_best=2)
+    assert beam.translator is ct2.translator and ct2.decode.method == "greedy"
+    assert beam(SOURCES[:5]) == CTranslate2Translator.from_export(out, beam.decode, threads=1)(
+        SOURCES[:5]
+    )
+    assert ct2.configure() is ct2
+    with pytest.raises(ConfigError, match="fixed when the export is loaded"):
+        ct2.configure(quantize="int8")
+    with pytest.raises(ConfigError, match="beam_size"):
+        ct2.configure(beam_sise=3)
+
+
 # ---------------------------------------------------------------------------- search options
 
 

@@ -23,7 +23,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from tqdm import tqdm
 
-from seq2seq.config import DecodeConfig
+from seq2seq.config import Config, DecodeConfig, from_dict, to_dict
 from seq2seq.data.records import Record, Rendering, SourceCut, lang_tag, task_tag
 from seq2seq.data.tokenizers import TextCodec
 from seq2seq.data.vocab import EOS, SPECIALS, UNK, Vocab
@@ -79,6 +79,10 @@ class Engine(Protocol):
         ...
 
     def finish(self, src_ids: list[int], hyps: list[Hypothesis]) -> Translation: ...
+
+    def configure(self, **decode) -> Engine:
+        """An engine over the same weights with some decode settings changed."""
+        ...
 
     def check_tags(self, tgt_lang: str | None, task: str | None) -> None:
         """Raises ConfigError unless the run knows (and needs) these tags."""
@@ -168,12 +172,31 @@ class PhasedEngine:
         return [t.text for t in self.translate(texts)]
 
 
+def known_tags(codec: TextCodec, tag_of: Callable[[str], str]) -> list[str]:
+    """The values of one kind of tag the run's source vocabulary holds: with
+    ``lang_tag`` its target languages (``["cs", "de", "fr"]``), with ``task_tag`` its
+    tasks."""
+    prefix = tag_of("")[:-1]  # "<2" or "<task:"; tags end in ">"
+    return [s[len(prefix) : -1] for s in codec.tokenizer.symbols if s.startswith(prefix)]
+
+
+def revised(decode: DecodeConfig, changes: dict) -> DecodeConfig:
+    """``decode`` with some settings changed, validated as a config file's would be.
+
+    Raises:
+        ConfigError: an unknown key (naming the closest one) or an invalid value.
+    """
+    if not changes:
+        return decode
+    raw = {**to_dict(Config(decode=decode))["decode"], **changes}
+    return from_dict({"decode": raw}).decode
+
+
 def _check_tag(
     tagged: bool, value: str | None, what: str, tag_of: Callable[[str], str], codec: TextCodec
 ) -> None:
     """``value`` names a tag the run knows when the run tags sources, else is None."""
-    prefix = tag_of("")[:-1]  # "<2" or "<task:"; tags end in ">"
-    known = [s[len(prefix) : -1] for s in codec.tokenizer.symbols if s.startswith(prefix)]
+    known = known_tags(codec, tag_of)
     option = {"language": "--tgt-lang (tgt_lang=)", "task": "--task (task=)"}[what]
     if value is None and tagged:
         raise ConfigError(

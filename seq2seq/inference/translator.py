@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from seq2seq.config import Config, DecodeConfig, from_dict, to_dict
+from seq2seq.config import DecodeConfig
 from seq2seq.data.batching import Examples, collate, token_batches
 from seq2seq.data.records import Rendering, SourceCut
 from seq2seq.data.tokenizers import TextCodec
@@ -30,6 +30,7 @@ from seq2seq.inference.engine import (
     PhasedEngine,
     banned_ids,
     encode_source,
+    revised,
 )
 from seq2seq.inference.loading import load_models
 from seq2seq.models.contract import Decoder
@@ -130,8 +131,7 @@ class Translator(PhasedEngine):
         """
         if not decode:
             return self
-        raw = {**to_dict(Config(decode=self.decode))["decode"], **decode}
-        settings = from_dict({"decode": raw}).decode
+        settings = revised(self.decode, decode)
         same = (settings.quantize, settings.precision) == (
             self.decode.quantize,
             self.decode.precision,

@@ -26,6 +26,7 @@ from seq2seq.inference.engine import (
     PhasedEngine,
     banned_ids,
     encode_source,
+    revised,
 )
 from seq2seq.rundir import RunDir
 from seq2seq.search import Hypothesis, Rules
@@ -133,6 +134,32 @@ class CTranslate2Translator(PhasedEngine):
         translator = _load_translator(ct2, export.path, device, compute_type, threads)
         cut, rendering = SourceCut.of(cfg.data, codecs[0]), Rendering.of(cfg.data)
         return cls(translator, *codecs, decode, cfg.model.max_positions, cut, rendering)
+
+    def configure(self, **decode) -> CTranslate2Translator:
+        """A translator over the same CTranslate2 model with some search settings changed,
+        e.g. ``configure(method="beam", beam_size=5)``.
+
+        Raises:
+            ConfigError: an unknown or invalid setting, or a change of ``precision`` or
+                ``quantize``: the arithmetic is chosen when the model is loaded.
+        """
+        settings = revised(self.decode, decode)
+        if (settings.precision, settings.quantize) != (self.decode.precision, self.decode.quantize):
+            raise ConfigError(
+                "the CTranslate2 engine's arithmetic is fixed when the export is loaded: "
+                "load it again with --precision/--quantize instead"
+            )
+        if settings == self.decode:
+            return self
+        return CTranslate2Translator(
+            self.translator,
+            self.src_codec,
+            self.tgt_codec,
+            settings,
+            self.max_positions,
+            self.cut,
+            self.rendering,
+        )
 
     # ------------------------------------------------------------------ the phases
 
