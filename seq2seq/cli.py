@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -275,6 +276,56 @@ def _prompted_lines(interactive: bool):
         yield raw
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    try:
+        import uvicorn
+
+        from seq2seq.serve.app import Limits, create_app
+        from seq2seq.serve.registry import load_served
+    except ImportError as err:
+        raise ConfigError(
+            f"seq2seq serve needs FastAPI, uvicorn and prometheus-client ({err}): "
+            'pip install -e ".[serve]"'
+        ) from None
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = load_served(
+        args.runs, args.engine, args.device, _decode_overrides(args), threads=args.threads or 0
+    )
+    limits = Limits(
+        max_body=args.max_body,
+        max_texts=args.max_texts,
+        max_chars=args.max_chars,
+        max_beam=args.max_beam,
+        timeout=args.timeout,
+        max_queue=args.max_queue,
+        max_wait_ms=args.max_wait_ms,
+        max_batch=args.max_batch,
+        decoders=args.decoders,
+    )
+    for served in models.values():
+        info = served.describe()
+        print(f"serving {info['name']}: {info['family']}, {info['engine']} engine", file=sys.stderr)
+    print(
+        f"page: http://{args.host}:{args.port}/  API docs: http://{args.host}:{args.port}/docs",
+        file=sys.stderr,
+        flush=True,
+    )
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal under the
+    # handler that was in place before it: make that one a no-op so the exit is 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    uvicorn.run(
+        create_app(models, limits),
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        access_log=args.access_log,
+        timeout_graceful_shutdown=int(args.timeout) + 5,  # in-flight requests finish
+    )
+
+
 def cmd_average(args: argparse.Namespace) -> None:
     from seq2seq.checkpoint import average_checkpoints
     from seq2seq.rundir import RunDir
@@ -461,10 +512,54 @@ def _add_decoding_commands(sub) -> None:
     _add_tag_args(p)
     p.set_defaults(func=cmd_score, beam=None, nbest=None, sample=False, seed=None, decode=[])
 
+    _add_serve_command(sub)
+
     p = sub.add_parser("export", help="export a Transformer run to another inference engine")
     _add_model_args(p, ensembles=False, device=False)
     p.add_argument("out", help="output directory (must not exist)")
     p.set_defaults(func=cmd_export)
+
+
+def _add_serve_command(sub) -> None:
+    p = sub.add_parser(
+        "serve", help="serve runs over HTTP: a REST API with dynamic batching, and a page"
+    )
+    p.add_argument(
+        "runs", nargs="+", metavar="RUN", help="run directories (or exports), each NAME=DIR or DIR"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto, cpu or cuda"
+    )
+    p.add_argument("--threads", type=_positive, help="CPU threads per decoding (default: all)")
+    p.add_argument(
+        "--decoders", type=_positive, default=1, help="batches decoded at once (default: 1)"
+    )
+    g = p.add_argument_group("batching and limits")
+    g.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long a request waits for others to share its batch (default: 5)",
+    )
+    g.add_argument(
+        "--max-batch",
+        type=int,
+        default=0,
+        help="most sentences decoded together (default 0: decode.batch_tokens alone)",
+    )
+    g.add_argument("--max-queue", type=_positive, default=1024, help="waiting requests before 503s")
+    g.add_argument("--max-texts", type=_positive, default=64, help="texts per request")
+    g.add_argument("--max-chars", type=_positive, default=2000, help="characters per text")
+    g.add_argument("--max-body", type=_positive, default=1_000_000, help="bytes per request body")
+    g.add_argument("--max-beam", type=_positive, default=16, help="beam size a request may ask")
+    g.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds a request may take (default: 60)"
+    )
+    g.add_argument("--access-log", action="store_true", help="log every request")
+    _add_decode_args(p)
+    p.set_defaults(func=cmd_serve, checkpoint=None)
 
 
 def main(argv: list[str] | None = None) -> int:

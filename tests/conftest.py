@@ -5,12 +5,18 @@ session, in-process, on the built-in ``reverse`` task with a word tokenizer, lon
 (a few hundred steps, ~15 s on one core) that most of their outputs are right: agreement
 checks (int8 vs fp32, bf16 vs fp32) then mean something. Two more runs of one step each
 have other vocabularies, for the ensemble checks. The Translator, the Python API and the
-``seq2seq`` command are all tested on these runs (test_translator, test_api, test_cli).
+``seq2seq`` command are all tested on these runs (test_translator, test_api, test_cli),
+and ``serving`` starts ``seq2seq serve`` on one in a subprocess (test_serve, test_page).
 """
 
 from __future__ import annotations
 
 import random
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -214,3 +220,58 @@ def cli_error(argv: list, capsys: pytest.CaptureFixture, usage: bool = False) ->
     assert len(errors) == 1, err
     assert errors[0].startswith(f"seq2seq {argv[0]}: error: "), errors[0]
     return errors[0]
+
+
+# ---------------------------------------------------------------------------- a real server
+
+
+class Server:
+    """``seq2seq serve`` in a subprocess on a free loopback port."""
+
+    def __init__(self, process: subprocess.Popen, url: str, log: Path):
+        self.process, self.url, self.log = process, url, log
+
+    def output(self) -> str:
+        """What the server printed so far (its log)."""
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def serving(runs: list, *flags: str, log_dir: Path) -> Iterator[Server]:
+    """Start ``seq2seq serve RUNS FLAGS`` (one decoding thread), wait until /health answers,
+    and stop it (SIGTERM) afterwards."""
+    import httpx
+
+    port = free_port()
+    log = log_dir / f"server-{port}.log"
+    argv = [sys.executable, "-m", "seq2seq.cli", "serve", *map(str, runs), "--port", str(port)]
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [*argv, "--threads", "1", *flags], stdout=sink, stderr=subprocess.STDOUT
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, f"the server exited:\n{server.output()}"
+            assert time.monotonic() < deadline, f"the server did not start:\n{server.output()}"
+            try:
+                if httpx.get(f"{server.url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
