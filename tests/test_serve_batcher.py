@@ -150,3 +150,30 @@ def test_no_rows_need_no_decoding() -> None:
         assert batcher.submit(RecordingEngine(), []).result(1) == []
     finally:
         batcher.close()
+
+
+def test_several_decoder_threads_share_the_queue() -> None:
+    # Threads that wait for company while another takes the jobs must look again
+    # rather than take from an empty queue (and die).
+    engine = RecordingEngine(batch_tokens=12)
+    batcher = Batcher(max_wait=0.01, threads=4)
+    results: dict[int, list[str]] = {}
+
+    def client(k: int) -> None:
+        for i in range(25):
+            rows = [[k, i], [k, i, 7]]
+            results[k * 100 + i] = texts(batcher.submit(engine, rows))
+            time.sleep(0.001 * (k % 3))
+
+    clients = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    try:
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join(60)
+        assert all(thread.is_alive() for thread in batcher._threads)
+    finally:
+        batcher.close()
+    assert results == {
+        k * 100 + i: [f"{k} {i}", f"{k} {i} 7"] for k in range(8) for i in range(25)
+    }

@@ -140,14 +140,15 @@ class Batcher:
         """Wait for a job, then for company until the deadline or a full batch; take the
         jobs decoded like the first. None once closed and drained."""
         with self._changed:
-            while not self._queue:
-                if self._closing:
-                    return None
-                self._changed.wait()
-            deadline = self._queue[0].arrived + self.max_wait
-            while not self._closing and not self._full():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+            while True:
+                while not self._queue:
+                    if self._closing:
+                        return None
+                    self._changed.wait()
+                # Another thread may take the jobs while this one waits: look again at
+                # the queue (and its first job's deadline) after every wake-up.
+                remaining = self._queue[0].arrived + self.max_wait - time.monotonic()
+                if self._closing or remaining <= 0 or self._full():
                     break
                 self._changed.wait(remaining)
             jobs = self._take()
