@@ -14,8 +14,9 @@ concurrent clients (the run's test sentences, cycled), then the server is stoppe
 sentences in one call in a fresh process, model loading excluded. Per mode: requests/s,
 sentences/s, latency percentiles, errors (a status other than 200, a transport error, or an
 output unlike offline's for that sentence), and the mean batch size from the server's
-``/metrics``. ``--faults`` also sends, during the batched load, malformed JSON, oversized
-bodies, clients that hang up mid-request and ``/health`` polls, and reports their answers.
+``/metrics``. ``--faults`` also sends, during the batched load, malformed JSON, texts over
+``--max-chars``, bodies over ``--max-body``, clients that hang up mid-request and
+``/health`` polls, and reports their answers.
 Client and server share the machine's cores, as a loopback benchmark must.
 """
 
@@ -47,7 +48,7 @@ def free_port() -> int:
 def start_server(run: str, flags: list[str], threads: int, log: Path) -> tuple:
     port = free_port()
     command = [sys.executable, "-m", "seq2seq.cli", "serve", run, "--port", str(port)]
-    command += ["--threads", str(threads), "--max-queue", "100000", *flags]
+    command += ["--threads", str(threads), "--device", "cpu", "--max-queue", "100000", *flags]
     with log.open("w") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -109,11 +110,14 @@ async def load(url: str, texts: list[str], expected: dict, clients: int, faults:
             port = int(url.rsplit(":", 1)[1])
             i = 0
             while not done.is_set():
-                kind = i % 4
+                kind = i % 5
                 if kind == 0:
                     answers[(await client.post("/v1/translate", content=b"{oops")).status_code] += 1
-                elif kind == 1:
-                    big = {"texts": ["a" * 3000]}
+                elif kind == 1:  # over --max-chars
+                    long = {"texts": ["a" * 3000]}
+                    answers[(await client.post("/v1/translate", json=long)).status_code] += 1
+                elif kind == 4:  # over --max-body
+                    big = {"texts": ["a"], "pad": "x" * 1_100_000}
                     answers[(await client.post("/v1/translate", json=big)).status_code] += 1
                 elif kind == 2:
                     await asyncio.to_thread(hang_up, port, texts[i % len(texts)], i % 8 == 2)
@@ -164,7 +168,8 @@ def percentile(values: list[float], q: int) -> float:
 
 
 def serve_mode(args, mode: str, texts: list[str], expected: dict, log: Path) -> dict:
-    process, url = start_server(args.run, MODES[mode], args.threads, log)
+    flags = MODES[mode] + (args.server_flags.split() if mode == "batched" else [])
+    process, url = start_server(args.run, flags, args.threads, log)
     try:
         warm = texts[: args.clients]
         asyncio.run(load(url, warm, expected, args.clients, faults=False))
@@ -270,6 +275,9 @@ def main() -> None:
     parser.add_argument("--src", help="source sentences (default: the run's data.test)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for decoding")
     parser.add_argument("--modes", default="batched,one-at-a-time", help="server modes")
+    parser.add_argument(
+        "--server-flags", default="", help="more serve flags for 'batched', e.g. '--max-wait-ms 20'"
+    )
     parser.add_argument("--faults", action="store_true", help="bad requests during 'batched'")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--offline", nargs=2, help=argparse.SUPPRESS)  # child: SRC OUT

@@ -299,6 +299,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_texts=args.max_texts,
         max_chars=args.max_chars,
         max_beam=args.max_beam,
+        max_output=args.max_output_len,
         timeout=args.timeout,
         max_queue=args.max_queue,
         max_wait_ms=args.max_wait_ms,
@@ -402,6 +403,19 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _at_least(low: float):
+    """An argparse type: a number (int when ``low`` is one) no smaller than ``low``."""
+    kind = type(low)
+
+    def parse(text: str):
+        value = kind(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -539,13 +553,13 @@ def _add_serve_command(sub) -> None:
     g = p.add_argument_group("batching and limits")
     g.add_argument(
         "--max-wait-ms",
-        type=float,
+        type=_at_least(0.0),
         default=5.0,
         help="how long a request waits for others to share its batch (default: 5)",
     )
     g.add_argument(
         "--max-batch",
-        type=int,
+        type=_at_least(0),
         default=0,
         help="most sentences decoded together (default 0: decode.batch_tokens alone)",
     )
@@ -555,7 +569,16 @@ def _add_serve_command(sub) -> None:
     g.add_argument("--max-body", type=_positive, default=1_000_000, help="bytes per request body")
     g.add_argument("--max-beam", type=_positive, default=16, help="beam size a request may ask")
     g.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds a request may take (default: 60)"
+        "--max-output-len",
+        type=_positive,
+        default=512,
+        help="output tokens a request's decode settings may allow beyond the run's (default: 512)",
+    )
+    g.add_argument(
+        "--timeout",
+        type=_at_least(0.001),
+        default=60.0,
+        help="seconds a request may take (default: 60)",
     )
     g.add_argument("--access-log", action="store_true", help="log every request")
     _add_decode_args(p)

@@ -194,6 +194,13 @@ def test_metrics_count_requests_errors_and_latency(server) -> None:
         ({"texts": ["a"], "decode": {"lenght_penalty": 1}}, 422, "decode", "length_penalty"),
         ({"texts": ["a"], "decode": {"top_p": 2}}, 422, "decode", "top_p"),
         ({"texts": ["a"], "decode": {"quantize": "int8"}}, 422, "decode", "whole server"),
+        (
+            {"texts": ["a"], "decode": {"min_len": 100000}},
+            422,
+            "decode",
+            "allow 100000 output tokens for a 2-token source; this server allows 512",
+        ),
+        ({"texts": ["a"], "decode": {"max_len_b": 10**7}}, 422, "decode", "(--max-output-len)"),
         ({"texts": ["a"], "tgt_lang": "de"}, 422, "tgt_lang", "trained without language tags"),
         (
             {"texts": ["a"], "model": "nope"},
@@ -352,3 +359,8 @@ def test_two_models_and_a_clear_startup_error(run, reverse_runs, tmp_path, capsy
         assert [r["output"] for r in b] == cli_translations(reverse_runs["rnn"], capsys)[:3]
     assert "two models are called" in cli_error(["serve", run, run], capsys)
     assert "not a run directory" in cli_error(["serve", tmp_path], capsys)
+    refused = cli_error(["serve", run, "--max-batch", "-1"], capsys, usage=True)
+    assert "--max-batch: must be at least 0, got -1" in refused
+    assert "must be at least 0.001" in cli_error(
+        ["serve", run, "--timeout", "0"], capsys, usage=True
+    )

@@ -174,6 +174,4 @@ def test_several_decoder_threads_share_the_queue() -> None:
         assert all(thread.is_alive() for thread in batcher._threads)
     finally:
         batcher.close()
-    assert results == {
-        k * 100 + i: [f"{k} {i}", f"{k} {i} 7"] for k in range(8) for i in range(25)
-    }
+    assert results == {k * 100 + i: [f"{k} {i}", f"{k} {i} 7"] for k in range(8) for i in range(25)}

@@ -54,6 +54,7 @@ class Limits:
     max_texts: int = 64  # texts (or score pairs) in one request
     max_chars: int = 2_000  # characters in one text
     max_beam: int = 16  # beam size and n-best of one request
+    max_output: int = 512  # output tokens decode settings may allow beyond the run's
     timeout: float = 60.0  # seconds a request may wait for its translations
     max_queue: int = 1024  # requests waiting to be decoded; more get 503
     max_wait_ms: float = 5.0  # how long a first request waits for others to batch with
@@ -123,6 +124,7 @@ def create_app(models: dict[str, ServedModel], limits: Limits | None = None) -> 
         texts = _render(engine, body.texts, body.tgt_lang, body.task)
         rows = engine.encode(texts)
         real = [i for i, text in enumerate(texts) if text.strip()]
+        _check_lengths(served.engine.decode, engine.decode, [rows[i] for i in real], limits)
         try:
             future = state["batcher"].submit(engine, [rows[i] for i in real], body.attention)
         except QueueFull as err:
@@ -138,7 +140,11 @@ def create_app(models: dict[str, ServedModel], limits: Limits | None = None) -> 
         for i, translation in zip(real, found, strict=True):
             results[i] = translation
         metrics.sentences.labels(served.name).inc(len(real))
-        return {"model": served.name, "results": [_result(t, body.attention) for t in results]}
+        if body.attention:  # matrices to lists: long enough to keep off the event loop
+            answers = await run_in_threadpool(lambda: [_result(t, True) for t in results])
+        else:
+            answers = [_result(t, False) for t in results]
+        return {"model": served.name, "results": answers}
 
     @app.post("/v1/score", response_model=ScoreResponse)
     async def score(body: ScoreRequest) -> dict[str, Any]:
@@ -154,7 +160,12 @@ def create_app(models: dict[str, ServedModel], limits: Limits | None = None) -> 
                 "targets",
             )
         sources = _render(served.engine, body.sources, body.tgt_lang, body.task)
-        values = await run_in_threadpool(served.engine.score, sources, body.targets)
+        try:
+            values = await asyncio.wait_for(
+                run_in_threadpool(served.engine.score, sources, body.targets), limits.timeout
+            )
+        except asyncio.TimeoutError:
+            raise ApiError(504, f"no result within {limits.timeout:g} s (--timeout)") from None
         return {"model": served.name, "results": [_scored(v, n) for v, n in values]}
 
     @app.get("/", include_in_schema=False)
@@ -182,6 +193,24 @@ def _check_texts(texts: list[str], limits: Limits, field: str) -> None:
                 f"{field}[{i}]: {len(text)} characters; the limit is {limits.max_chars} "
                 "(--max-chars)",
                 f"{field}.{i}",
+            )
+
+
+def _check_lengths(base, decode, rows: list[list[int]], limits: Limits) -> None:
+    """A request's decode settings may not allow longer outputs than the run's own
+    settings or ``limits.max_output`` tokens, whichever is more: one request must not
+    hold a decoder for as long as it likes."""
+    for row in rows:
+        n = len(row) + 1  # EOS included, as the search counts it
+        allowed = max(int(n * base.max_len_a + base.max_len_b), limits.max_output)
+        asked = max(int(n * decode.max_len_a + decode.max_len_b), decode.min_len)
+        if asked > allowed:
+            raise ApiError(
+                422,
+                f"decode settings (max_len_a {decode.max_len_a:g}, max_len_b "
+                f"{decode.max_len_b}, min_len {decode.min_len}) allow {asked} output tokens "
+                f"for a {n}-token source; this server allows {allowed} (--max-output-len)",
+                "decode",
             )
 
 

@@ -12,8 +12,13 @@ async function api(path, body) {
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify(body),
   });
-  const data = await response.json();
-  if (!response.ok) throw new Error(data.error || response.statusText);
+  let data;
+  try {
+    data = await response.json();
+  } catch {  // not our JSON: a proxy's page, or a server that is gone
+    throw new Error(`${response.status} ${response.statusText}`);
+  }
+  if (!response.ok) throw new Error(data.error || `${response.status} ${response.statusText}`);
   return data;
 }
 
@@ -66,6 +71,7 @@ function request(texts) {
 }
 
 async function translate() {
+  if ($("go").disabled) return;  // one request at a time (Ctrl+Enter too)
   const texts = $("source").value.split("\n");
   while (texts.length && !texts[texts.length - 1].trim()) texts.pop();
   if (!texts.length) return say("Type a sentence first.", true);
