@@ -97,9 +97,22 @@ def test_greedy_beam_and_nbest_equal_the_command_line(server, run: Path, capsys)
 
 
 def test_seeded_sampling_equals_the_command_line(server, run: Path, capsys) -> None:
-    sampled = translated(server, texts=SOURCES, sample=True, decode={"seed": 3, "temperature": 2.0})
     lines = cli_translations(run, capsys, "--sample", "--seed", "3", "-d", "temperature=2.0")
-    assert [r["output"] for r in sampled] == lines
+    for _ in range(2):  # a seed fixes a request's samples, whatever was asked before
+        body = {"texts": SOURCES, "sample": True, "decode": {"seed": 3, "temperature": 2.0}}
+        assert [r["output"] for r in translated(server, **body)] == lines
+
+
+def test_equal_settings_share_an_engine_and_a_seed_gets_its_own(run: Path) -> None:
+    from seq2seq.serve.registry import load_served
+
+    (served,) = load_served([str(run)], device="cpu").values()
+    greedy = served.engine_for({"method": "greedy"})
+    assert served.engine_for({}) is greedy and served.engine_for({"method": "greedy"}) is greedy
+    beam = served.engine_for({"beam_size": 3, "method": "beam"})
+    assert served.engine_for({"method": "beam", "beam_size": 3}) is beam is not greedy
+    seeded = {"method": "sample", "seed": 1}
+    assert served.engine_for(seeded) is not served.engine_for(seeded)
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own(server, run, capsys) -> None:

@@ -42,11 +42,16 @@ class ServedModel:
     engine: Engine
     config: Config
     kind: str
-    _configured: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _configured: OrderedDict = field(default_factory=OrderedDict, repr=False)  # by request
+    _alike: dict = field(default_factory=dict, repr=False)  # by decode settings
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def engine_for(self, settings: dict[str, Any]) -> Engine:
-        """The engine decoding with ``settings`` changed (one per distinct set).
+        """The engine decoding with ``settings`` changed.
+
+        Requests whose settings come to the same decode configuration share one engine
+        (and so one batch). Seeded sampling gets a fresh engine each time: its samples
+        then depend on the seed and the request alone, as with ``seq2seq translate``.
 
         Raises:
             ConfigError: a setting that is the server's, unknown or invalid.
@@ -59,14 +64,22 @@ class ServedModel:
                 )
         key = tuple(sorted((k, repr(v)) for k, v in settings.items()))
         with self._lock:
-            if key in self._configured:
+            engine = self._configured.get(key)
+            if engine is not None:
                 self._configured.move_to_end(key)
-                return self._configured[key]
-        engine = self.engine.configure(**settings)
-        with self._lock:
-            self._configured[key] = engine
-            while len(self._configured) > CONFIGURED:
-                self._configured.popitem(last=False)
+        if engine is None:
+            engine = self.engine.configure(**settings)
+            with self._lock:
+                engine = self._alike.setdefault(repr(engine.decode), engine)
+                self._configured[key] = engine
+                while len(self._configured) > CONFIGURED:
+                    self._configured.popitem(last=False)
+                if len(self._alike) > CONFIGURED:  # keep those some request key names
+                    live = {id(e) for e in self._configured.values()}
+                    self._alike = {k: e for k, e in self._alike.items() if id(e) in live}
+        d = engine.decode
+        if d.method == "sample" and d.seed is not None:
+            return self.engine.configure(**{**settings, "seed": d.seed})
         return engine
 
     def describe(self) -> dict[str, Any]:
