@@ -252,6 +252,7 @@ def test_sentencepiece_trains_symbols_as_single_pieces(tmp_path: Path):
     ids = codec.encode("<2de> a man rides <eou> a bike")
     assert codec.decode(ids) == "a man rides a bike"
     assert codec.decode(ids, keep_symbols=True).split()[0] == "<2de>"
+    assert codec.decode([]) == "" and codec.decode(codec.encode("<eou>")) == ""  # EOS first
     reloaded = load_tokenizer("sentencepiece", tmp_path / "sp.model", SYMBOLS)
     assert reloaded.tokenize("a<eou>b") == sp.tokenize("a<eou>b")
 

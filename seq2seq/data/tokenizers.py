@@ -154,7 +154,7 @@ class SentencePieceTokenizer(Tokenizer):
     def drop_symbols(self, pieces: list[str]) -> list[str]:
         """Also drops the bare word boundary ``▁`` SentencePiece puts before a symbol."""
         symbols = set(self.symbols)
-        nxt = [*pieces[1:], None]
+        nxt = [*pieces[1:], None] if pieces else []  # an empty output (EOS first) too
         return [
             p
             for p, n in zip(pieces, nxt, strict=True)
