@@ -175,3 +175,23 @@ def test_several_decoder_threads_share_the_queue() -> None:
     finally:
         batcher.close()
     assert results == {k * 100 + i: [f"{k} {i}", f"{k} {i} 7"] for k in range(8) for i in range(25)}
+
+
+def test_a_thread_just_freed_waits_for_the_clients_it_answered() -> None:
+    # B waited through A's decoding; once free, the thread still gives C (sent right
+    # after A's answer) max_wait to join B, rather than taking B alone at once.
+    engine = RecordingEngine()
+    engine.release.clear()
+    batcher = Batcher(max_wait=0.4)
+    try:
+        a = batcher.submit(engine, [[1]])
+        time.sleep(0.6)  # A waited 0.4 s for company and is being decoded (held)
+        b = batcher.submit(engine, [[2]])
+        time.sleep(0.6)  # B's own deadline passes while the thread is busy
+        engine.release.set()
+        assert texts(a) == ["1"]
+        c = batcher.submit(engine, [[3]])
+        assert (texts(b), texts(c)) == (["2"], ["3"])
+    finally:
+        batcher.close()
+    assert engine.calls == [[[1]], [[2], [3]]]

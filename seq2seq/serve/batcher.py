@@ -2,7 +2,8 @@
 
 Each request's source rows (encoded already) become one :class:`Job`. Decoder threads
 take waiting jobs in arrival order: a thread that finds a job waits up to ``max_wait``
-seconds from that job's arrival for more, or less once the jobs decoded alike (one
+seconds from that job's arrival (or from the moment the thread became free, if later)
+for more, or less once the jobs decoded alike (one
 engine, i.e. one set of decode settings, and attention or not) fill the engine's token
 budget or ``max_batch`` sentences. The rows of the jobs it takes are pooled, cut into
 length-sorted batches by the engine's own ``batches`` (and into ``max_batch`` pieces),
@@ -128,7 +129,7 @@ class Batcher:
     # ------------------------------------------------------------------ the threads
 
     def _work(self) -> None:
-        while (jobs := self._gather()) is not None:
+        while (jobs := self._gather(time.monotonic())) is not None:
             started = [job for job in jobs if job.future.set_running_or_notify_cancel()]
             now = time.monotonic()
             for job in started:
@@ -136,9 +137,13 @@ class Batcher:
             if started:
                 self._decode(started)
 
-    def _gather(self) -> list[Job] | None:
+    def _gather(self, free: float) -> list[Job] | None:
         """Wait for a job, then for company until the deadline or a full batch; take the
-        jobs decoded like the first. None once closed and drained."""
+        jobs decoded like the first. None once closed and drained.
+
+        The deadline is ``max_wait`` after the first job arrived or after this thread
+        became ``free``, whichever is later: under load, the clients answered by the
+        last batch get that long to send their next requests and join the next one."""
         with self._changed:
             while True:
                 while not self._queue:
@@ -147,7 +152,8 @@ class Batcher:
                     self._changed.wait()
                 # Another thread may take the jobs while this one waits: look again at
                 # the queue (and its first job's deadline) after every wake-up.
-                remaining = self._queue[0].arrived + self.max_wait - time.monotonic()
+                start = max(self._queue[0].arrived, free)
+                remaining = start + self.max_wait - time.monotonic()
                 if self._closing or remaining <= 0 or self._full():
                     break
                 self._changed.wait(remaining)
