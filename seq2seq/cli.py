@@ -20,11 +20,13 @@ from seq2seq.errors import ConfigError, DataError, Seq2SeqError
 def cmd_train(args: argparse.Namespace) -> int | None:
     from seq2seq.config import load_config
     from seq2seq.rundir import RunDir
-    from seq2seq.training import driver
+    from seq2seq.training import distributed, driver
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
     progress = driver.train(cfg, RunDir(out), resume=args.resume)
+    if distributed.env_rank():  # under torchrun, rank 0 speaks for the job
+        return 130 if progress.stopped == "interrupted" else None
     if progress.stopped == "interrupted":
         print(
             f"interrupted: the last checkpoint is saved; continue with --resume --out {out}",

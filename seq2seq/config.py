@@ -153,6 +153,7 @@ class TrainConfig:
     log_every: int = _opt(100, lo=1)  # updates between log lines
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
     threads: int = _opt(0, lo=0)  # CPU threads; 0 = PyTorch default
+    dist_timeout: float = _opt(1800.0, lo=1.0)  # torchrun: seconds a rank waits for the others
 
 
 @dataclass(frozen=True)

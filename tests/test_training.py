@@ -294,11 +294,11 @@ def _interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     original = Trainer._train_step
     calls = {"n": 0}
 
-    def train_step(self, batch):
+    def train_step(self, *args):
         calls["n"] += 1
         if calls["n"] == step:
             raise KeyboardInterrupt
-        return original(self, batch)
+        return original(self, *args)
 
     monkeypatch.setattr(Trainer, "_train_step", train_step)
 
@@ -351,9 +351,10 @@ def test_accumulated_batches_equal_one_big_batch(tmp_path: Path) -> None:
     data = random_examples()
     first, second = list(range(12)), list(range(12, 24))
     a = _trainer(tmp_path / "a", tiny_transformer(), data)
-    a._train_step([collate(data, first), collate(data, second)])
+    n_tokens = data.tgt_tokens(first + second)
+    a._train_step([collate(data, first), collate(data, second)], n_tokens)
     b = _trainer(tmp_path / "b", tiny_transformer(), data)
-    b._train_step([collate(data, first + second)])
+    b._train_step([collate(data, first + second)], n_tokens)
     # Compare gradients: Adam's first update is ~lr * sign(grad), which would amplify
     # rounding noise in gradients that are zero in exact arithmetic (key biases).
     for (name, pa), pb in zip(a.model.named_parameters(), b.model.parameters(), strict=True):

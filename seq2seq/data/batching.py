@@ -28,6 +28,10 @@ class Examples:
     def __len__(self) -> int:
         return len(self.src)
 
+    def tgt_tokens(self, index: list[int]) -> int:
+        """Target tokens (EOS included) of the batch of pairs at ``index``."""
+        return sum(len(self.tgt[i]) + 1 for i in index) if self.tgt else 0
+
 
 @dataclass
 class Batch:

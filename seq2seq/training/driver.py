@@ -18,15 +18,20 @@ from collections.abc import Callable, Iterator
 import torch
 
 from seq2seq import metrics as metrics_lib
+from seq2seq.checkpoint import load_checkpoint
 from seq2seq.config import Config
+from seq2seq.data.batching import Examples
 from seq2seq.data.corpus import ParallelText
 from seq2seq.data.prepare import encode, fit_codecs, load_codecs, load_split
 from seq2seq.data.records import SourceCut
+from seq2seq.data.tokenizers import TextCodec
 from seq2seq.devices import pick_device
 from seq2seq.errors import CheckpointError, ConfigError, DataError
 from seq2seq.inference.translator import Translator
 from seq2seq.models.build import build_model
 from seq2seq.rundir import RunDir
+from seq2seq.training import distributed
+from seq2seq.training.distributed import SINGLE, Ranks, process_group
 from seq2seq.training.loop import Progress, Trainer, step_log
 from seq2seq.viz import plot_curves
 
@@ -42,6 +47,10 @@ def train(
     resume: bool = False,
 ) -> Progress:
     """Train ``cfg`` into ``run``; the config's own splits when no text is given.
+
+    Under torchrun (``RANK``/``WORLD_SIZE`` in the environment) every process calls
+    this: they join one process group, rank 0 builds the tokenizers and writes the run,
+    and a job that torchrun restarted (``--max-restarts``) resumes from ``last``.
 
     Returns:
         The progress: the validation history and why training stopped (``interrupted``
@@ -59,19 +68,39 @@ def train(
             f"{cfg.train.device!r} on a machine with a GPU: set train.device: cpu or "
             "quantize at inference time (seq2seq translate --device cpu --quantize int8)"
         )
-    check_run_dir(run, resume)
-    train_text = train_text if train_text is not None else load_split(cfg.data, "train")
-    valid_text = valid_text if valid_text is not None else load_split(cfg.data, "valid")
-    try:
-        run.path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(f"cannot create run directory {run}: {err.strerror}") from None
-    with log_to(run):
-        trainer = prepare(cfg, run, train_text, valid_text, resume=resume)
-        progress = trainer.train()
-        if any("valid_loss" in r or "train_loss" in r for r in progress.history):
-            plot_curves(progress.history, run.curves)
+    with process_group(cfg.train.device, cfg.train.dist_timeout) as ranks:
+        # rank 0 decides for all: a restart may reach the nodes with different counts
+        restarted = ranks.broadcast(not resume and ranks.main and _restarted(run))
+        check_run_dir(run, resume or restarted)
+        train_text = train_text if train_text is not None else load_split(cfg.data, "train")
+        valid_text = valid_text if valid_text is not None else load_split(cfg.data, "valid")
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise DataError(f"cannot create run directory {run}: {err.strerror}") from None
+        with log_to(run, ranks):
+            if restarted:
+                log.info("torchrun restarted the job: resuming from %s", run.last)
+            trainer = prepare(
+                cfg, run, train_text, valid_text, resume=resume or restarted, ranks=ranks
+            )
+            progress = trainer.train()
+            drawn = any("valid_loss" in r or "train_loss" in r for r in progress.history)
+            if drawn and ranks.main:
+                plot_curves(progress.history, run.curves)
     return progress
+
+
+def _restarted(run: RunDir) -> bool:
+    """Whether torchrun restarted this job (``--max-restarts``) after it saved ``last``:
+    the checkpoint names the same torchrun job, so another run is never taken over."""
+    if distributed.restarts() == 0 or not run.last.is_file():
+        return False
+    try:
+        saved_by = (load_checkpoint(run.last).trainer or {}).get("job")
+    except CheckpointError:
+        return False
+    return saved_by is not None and saved_by == distributed.job_id()
 
 
 def prepare(
@@ -81,31 +110,42 @@ def prepare(
     valid_text: ParallelText | None = None,
     *,
     resume: bool = False,
+    ranks: Ranks = SINGLE,
 ) -> Trainer:
     """Everything before the first step: the Trainer of ``cfg`` in ``run``, ready to go.
 
     Seeds Python's and PyTorch's generators, writes the run's config, fits (or, on
     resume, loads) the tokenizers, encodes the data through the run's cache, builds the
     model on its device, and restores the last checkpoint when resuming.
+
+    With several ``ranks``, rank 0 writes the config, fits the tokenizers and fills the
+    cache while the others wait, then they load what it wrote; only rank 0 encodes the
+    validation set and gets a validation decoder. Every rank starts from the same
+    weights and then draws dropout from a stream of its own.
     """
+    if ranks.grouped:
+        log.info("distributed training: %d processes, backend %s", ranks.world, ranks.backend)
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     cfg = with_rendered_symbols(cfg, train_text, valid_text)
-    run.save_config(cfg)
-    codecs = load_codecs(cfg.data, run) if resume else fit_codecs(cfg.data, train_text, run)
-    src_codec, tgt_codec = codecs
     data = cfg.data
+    valid_text = valid_text if ranks.main else None
+    if ranks.main:
+        run.save_config(cfg)
+        codecs = load_codecs(data, run) if resume else fit_codecs(data, train_text, run)
+        train_ex, valid_ex = _encoded(cfg, run, codecs, train_text, valid_text)
+    ranks.barrier()  # rank 0 has written the tokenizers and the cache
+    if not ranks.main:
+        codecs = load_codecs(data, run)
+        train_ex, valid_ex = _encoded(cfg, run, codecs, train_text, None)
+    src_codec, tgt_codec = codecs
     cut = SourceCut.of(data, src_codec)
-    train_ex = encode(
-        train_text, *codecs, data.max_len, run.cache, cut=cut, max_tgt_len=data.max_tgt_len
-    )
-    valid_ex = None
-    if valid_text:
-        valid_ex = encode(valid_text, *codecs, None, run.cache, cut=cut)
-    device = pick_device(cfg.train.device)
+    device = ranks.device if ranks.grouped else pick_device(cfg.train.device)
     model = build_model(cfg.model, len(src_codec.vocab), len(tgt_codec.vocab)).to(device)
+    if ranks.rank:
+        torch.manual_seed(cfg.train.seed + 1000003 * ranks.rank)
     millions = sum(p.numel() for p in model.parameters()) / 1e6
     log.info("model: %.2fM parameters; %d training pairs", millions, len(train_ex))
     score_fn = None
@@ -115,10 +155,27 @@ def prepare(
         translator = Translator(model, *codecs, live, cut=cut)  # valid_text is rendered
         metrics = {t.name: t.metric for t in data.tasks if t.metric}
         score_fn = _scores_of(translator, valid_text, cfg.train.early_stop_metric, metrics)
-    trainer = Trainer(cfg, model, train_ex, valid_ex, run, device, score_fn)
+    trainer = Trainer(cfg, model, train_ex, valid_ex, run, device, score_fn, ranks)
     if resume:
         trainer.resume()
     return trainer
+
+
+def _encoded(
+    cfg: Config,
+    run: RunDir,
+    codecs: tuple[TextCodec, TextCodec],
+    train_text: ParallelText,
+    valid_text: ParallelText | None,
+) -> tuple[Examples, Examples | None]:
+    """The training (and validation) examples, through the run's cache."""
+    data = cfg.data
+    cut = SourceCut.of(data, codecs[0])
+    train_ex = encode(
+        train_text, *codecs, data.max_len, run.cache, cut=cut, max_tgt_len=data.max_tgt_len
+    )
+    valid_ex = encode(valid_text, *codecs, None, run.cache, cut=cut) if valid_text else None
+    return train_ex, valid_ex
 
 
 def with_rendered_symbols(cfg: Config, *texts: ParallelText | None) -> Config:
@@ -192,8 +249,19 @@ def check_run_dir(run: RunDir, resume: bool) -> None:
 
 
 @contextlib.contextmanager
-def log_to(run: RunDir) -> Iterator[None]:
-    """Log to the run's ``train.log`` (validation lines and every step's line) meanwhile."""
+def log_to(run: RunDir, ranks: Ranks = SINGLE) -> Iterator[None]:
+    """Log to the run's ``train.log`` (validation lines and every step's line) meanwhile.
+
+    Ranks other than 0 write no file and show warnings and errors only.
+    """
+    if not ranks.main:
+        old_level = log.level
+        log.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            log.setLevel(old_level)
+        return
     handler = logging.FileHandler(run.log_file, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     old_level = log.level

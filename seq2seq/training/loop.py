@@ -7,16 +7,20 @@ decodes the validation set and returns a score (BLEU) for early stopping.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from seq2seq.checkpoint import (
@@ -30,6 +34,7 @@ from seq2seq.data.batching import Batch, Examples, collate, token_batches
 from seq2seq.data.vocab import PAD
 from seq2seq.models.contract import Seq2SeqModel
 from seq2seq.rundir import RunDir
+from seq2seq.training.distributed import SINGLE, Ranks, job_id
 from seq2seq.training.loss import batch_loss
 from seq2seq.training.optim import Schedule, build_optimizer
 from seq2seq.training.order import BatchOrder
@@ -58,7 +63,8 @@ class Progress:
 
 @dataclass
 class StepResult:
-    """What one update did: summed loss, real target/source tokens, padded positions, lr."""
+    """What one update did: summed loss and real target tokens (of all ranks), this
+    rank's real source tokens and padded positions, the learning rate."""
 
     loss: float
     tgt_tokens: int
@@ -104,6 +110,11 @@ class Trainer:
         device: where batches are sent.
         score_fn: decodes the validation set with the current model, returns its scores
             (``{"valid_bleu": ..., ...}``; see ``driver.prepare``).
+        ranks: this process's place among several training processes (torchrun).
+            Each update takes ``train.accumulate`` batches per rank from the one batch
+            order, so N ranks equal one process accumulating N times as many; only
+            rank 0 validates (``valid`` and ``score_fn`` are for it) and writes, and
+            the others receive its results.
     """
 
     def __init__(
@@ -115,9 +126,15 @@ class Trainer:
         run_dir: RunDir | Path,
         device: torch.device,
         score_fn: Callable[[], dict[str, float]] | None = None,
+        ranks: Ranks = SINGLE,
     ):
-        self.cfg, self.tc = cfg, cfg.train
+        self.cfg, self.tc, self.ranks = cfg, cfg.train, ranks
         self.model, self.train_data, self.valid_data = model, train, valid
+        # The module trained through: DDP averages the ranks' gradients during backward.
+        self.net: torch.nn.Module = model
+        if ranks.grouped:
+            ids = [device.index] if device.type == "cuda" else None
+            self.net = DistributedDataParallel(model, device_ids=ids)
         self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         self.device, self.score_fn = device, score_fn
         self.optimizer = build_optimizer(self.tc, model.parameters())
@@ -129,62 +146,87 @@ class Trainer:
             train, self.tc.batch_tokens, self.tc.pool_batches, self.tc.seed, weights
         )
         self._since_valid = [0.0, 0]  # summed training loss and target tokens
+        # Under torchrun a signal only asks to stop; the ranks agree on it at the next
+        # step (``_asked``: this rank was signalled, ``_agreed``: some rank was).
+        self._asked = self._agreed = False
         self.precision = resolve(device, self.tc.precision)
         limit_kernel_cache(device, self.precision)
         self.scaler = grad_scaler(device, self.precision)
         log.info("training precision: %s (train.precision=%s)", self.precision, self.tc.precision)
 
-    def _next_batches(self) -> tuple[list[Batch], tuple[int, int]]:
-        """One update's batches (``train.accumulate`` of them) and the position after them.
+    def _next_batches(self) -> tuple[list[Batch], int, tuple[int, int]]:
+        """This rank's batches of one update, the target tokens of all ranks' batches,
+        and the position after them.
 
-        The position is committed only once the update is done, so an interrupted
-        step is repeated on resume, not skipped.
+        An update takes ``train.accumulate`` batches per rank from the one order; rank
+        ``r`` of ``N`` trains on every ``N``-th of them, starting at ``r``. The position
+        is committed only once the update is done, so an interrupted step is repeated
+        on resume, not skipped.
         """
-        p = self.progress
-        indices, after = self.order.take((p.epoch, p.batch_in_epoch), self.tc.accumulate)
-        return [collate(self.train_data, index) for index in indices], after
+        p, ranks = self.progress, self.ranks
+        indices, after = self.order.take(
+            (p.epoch, p.batch_in_epoch), self.tc.accumulate * ranks.world
+        )
+        n_tokens = sum(self.train_data.tgt_tokens(index) for index in indices)
+        mine = indices[ranks.rank :: ranks.world]
+        return [collate(self.train_data, index) for index in mine], n_tokens, after
 
     # ------------------------------------------------------------------ one step
 
-    def _train_step(self, batches: list[Batch]) -> tuple[float, int]:
-        """Forward, loss, backward (per batch), clip, update; returns (loss sum, target tokens).
+    def _train_step(self, batches: list[Batch], n_tokens: int) -> float:
+        """Forward, loss, backward (per batch), clip, update; returns this rank's loss sum.
 
-        Gradients of all batches accumulate; the loss is normalised by their total
-        number of target tokens, so accumulating N batches equals one N times larger.
+        Gradients of all batches accumulate; the loss is normalised by the total number
+        of target tokens of the update (``n_tokens``, all ranks' batches), so
+        accumulating N batches equals one N times larger, and N ranks one process
+        accumulating N batches. DDP averages the ranks' gradients, hence the ``world``
+        in the divisor; it synchronises them on the update's last batch only.
         """
-        n_tokens = sum(b.n_tgt_tokens for b in batches)
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for batch in batches:
+        per_token = n_tokens / self.ranks.world
+        for k, batch in enumerate(batches):
             batch = batch.to(self.device)
-            with autocast(self.device, self.precision):
-                loss = batch_loss(
-                    self.model,
-                    batch.src,
-                    batch.tgt_in,
-                    batch.tgt_out,
-                    PAD,
-                    self.tc.label_smoothing,
-                    self.tc.coverage_loss,
-                )
-            self.scaler.scale(loss / n_tokens).backward()
+            later = self.ranks.grouped and k < len(batches) - 1
+            with self.net.no_sync() if later else contextlib.nullcontext():
+                with autocast(self.device, self.precision):
+                    loss = batch_loss(
+                        self.net,
+                        batch.src,
+                        batch.tgt_in,
+                        batch.tgt_out,
+                        PAD,
+                        self.tc.label_smoothing,
+                        self.tc.coverage_loss,
+                    )
+                self.scaler.scale(loss / per_token).backward()
             total += loss.item()
         self.scaler.unscale_(self.optimizer)
         if self.tc.clip_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return total, n_tokens
+        return total
 
     def step(self) -> StepResult:
-        """One update: learning rate, the next batch(es), forward/backward, optimizer step."""
+        """One update: learning rate, the next batch(es), forward/backward, optimizer step.
+
+        With several ranks, the loss is summed over them and the step's time averaged,
+        so that every rank holds the same progress and takes the same decisions
+        (``train.max_time`` included, and a stop asked by Ctrl-C on any rank).
+        """
         p = self.progress
         started = time.perf_counter()
         lr = self.schedule.apply(self.optimizer, p.step + 1)
-        batches, after = self._next_batches()
-        loss, n_tokens = self._train_step(batches)
+        batches, n_tokens, after = self._next_batches()
+        loss = self._train_step(batches, n_tokens)
+        seconds = time.perf_counter() - started
+        if self.ranks.grouped:
+            loss, seconds, asked = self.ranks.sum([loss, seconds, float(self._asked)])
+            seconds /= self.ranks.world
+            self._agreed = asked > 0
         p.step, (p.epoch, p.batch_in_epoch) = p.step + 1, after
-        p.elapsed += time.perf_counter() - started
+        p.elapsed += seconds
         p.tgt_tokens += n_tokens
         self._since_valid[0] += loss
         self._since_valid[1] += n_tokens
@@ -208,20 +250,26 @@ class Trainer:
         return total / max(tokens, 1)
 
     def _validate(self) -> dict:
-        """Validation loss, perplexity and (optionally) BLEU; updates best/early stopping."""
+        """Validation loss, perplexity and (optionally) BLEU; updates best/early stopping.
+
+        Rank 0 validates; the other ranks receive its record and decide as it does.
+        """
         p = self.progress
         record: dict = {"step": p.step, "epoch": p.epoch}
         if self._since_valid[1]:  # mean (smoothed) training loss since the last validation
             record["train_loss"] = self._since_valid[0] / self._since_valid[1]
         self._since_valid = [0.0, 0]
-        if self.valid_data is not None and len(self.valid_data):
-            loss = self.valid_loss()
-            record.update(valid_loss=loss, valid_ppl=math.exp(min(loss, 50.0)))
-            self.schedule.on_validation(loss)
-        if self.score_fn is not None and self.tc.valid_bleu:
-            self.model.eval()
-            record.update(self.score_fn())
-            self.model.train()
+        if self.ranks.main:
+            if self.valid_data is not None and len(self.valid_data):
+                loss = self.valid_loss()
+                record.update(valid_loss=loss, valid_ppl=math.exp(min(loss, 50.0)))
+            if self.score_fn is not None and self.tc.valid_bleu:
+                self.model.eval()
+                record.update(self.score_fn())
+                self.model.train()
+        record = self.ranks.broadcast(record)
+        if "valid_loss" in record:
+            self.schedule.on_validation(record["valid_loss"])
         p.history.append(record)
         self._note_best(record)
         self._save_step_checkpoint()
@@ -238,45 +286,59 @@ class Trainer:
         if key not in record:
             key = "valid_loss" if "valid_loss" in record else None
         if key is None:
-            save_checkpoint(self.run.best, self.model, dump_config(self.cfg))
+            self._save(self.run.best)
             return
         # Higher scores are better; lower loss is better: compare on a "higher is better" scale.
         value = -record[key] if key == "valid_loss" else record[key]
         if p.best is None or value > p.best:
             p.best, p.bad_validations = value, 0
-            save_checkpoint(self.run.best, self.model, dump_config(self.cfg))
+            self._save(self.run.best)
             record["best"] = True
         else:
             p.bad_validations += 1
 
     # ------------------------------------------------------------------ checkpoints
 
+    def _save(self, path: Path, **state) -> None:
+        """Rank 0 writes the model's weights (never a DDP wrapper's) to ``path``."""
+        if self.ranks.main:
+            save_checkpoint(path, self.model, dump_config(self.cfg), **state)
+
     def _save_step_checkpoint(self) -> None:
         """Keep the weights of the last ``train.keep_checkpoints`` validations (for averaging)."""
         keep = self.tc.keep_checkpoints
-        if not keep:
+        if not keep or not self.ranks.main:
             return
-        path = self.run.step_checkpoint(self.progress.step)
-        save_checkpoint(path, self.model, dump_config(self.cfg))
+        self._save(self.run.step_checkpoint(self.progress.step))
         for old in self.run.step_checkpoints()[:-keep]:
             old.unlink()
 
     def save_last(self) -> None:
+        """Write ``last``: weights, optimizer, progress, schedule and random states.
+
+        With several ranks every rank's random state is gathered into it (each draws
+        its own dropout), with the torchrun job that wrote it (a restart of that job
+        resumes by itself).
+        """
+        rng = _rng_state()
         trainer = {
             "progress": asdict(self.progress),
             "schedule": self.schedule.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng,
         }
-        save_checkpoint(
-            self.run.last,
-            self.model,
-            dump_config(self.cfg),
-            optimizer=self.optimizer,
-            trainer=trainer,
-        )
+        if self.ranks.grouped:
+            every = self.ranks.gather(rng)
+            trainer.update(world=self.ranks.world, rank_rng=every, job=job_id())
+        self._save(self.run.last, optimizer=self.optimizer, trainer=trainer)
 
     def resume(self) -> None:
-        """Restore model, optimizer, schedule, data position and RNG from ``last``."""
+        """Restore model, optimizer, schedule, data position and RNG from ``last``.
+
+        Under torchrun each rank takes its own random state back when the run was saved
+        by as many ranks; with another number the data order still continues where it
+        stopped, but the dropout draws differ from an uninterrupted run (rank 0 takes the
+        saved state, the others a seed of their rank and the step).
+        """
         ckpt = load_checkpoint(self.run.last)
         restore_model(self.model, ckpt)
         restore_optimizer(self.optimizer, ckpt)
@@ -284,13 +346,31 @@ class Trainer:
             group.update(betas=self.tc.betas, weight_decay=self.tc.weight_decay)
         self.progress = Progress(**ckpt.trainer["progress"])
         self.schedule.load_state_dict(ckpt.trainer["schedule"])
-        _set_rng_state(ckpt.trainer["rng"])
+        state = ckpt.trainer
+        saved_world = state.get("world", 1)
+        if saved_world == self.ranks.world and "rank_rng" in state:
+            _set_rng_state(state["rank_rng"][self.ranks.rank])
+        else:
+            _set_rng_state(state["rng"])
+            if self.ranks.rank:
+                rank, step = self.ranks.rank, self.progress.step
+                torch.manual_seed(self.tc.seed + 1000003 * rank + 7919 * step)
+            if saved_world != self.ranks.world and self.ranks.main:
+                log.warning(
+                    "%s was saved by %d training processes and resumes in %d: the data "
+                    "order continues, but dropout draws differ from an uninterrupted run",
+                    ckpt.path,
+                    saved_world,
+                    self.ranks.world,
+                )
         log.info("resumed from %s at step %d", ckpt.path, self.progress.step)
 
     # ------------------------------------------------------------------ the loop
 
     def _should_stop(self) -> str:
         p, tc = self.progress, self.tc
+        if self._agreed:
+            return "interrupted"
         if p.step >= tc.max_steps:
             return f"reached train.max_steps={tc.max_steps}"
         if p.epoch >= tc.max_epochs:
@@ -302,14 +382,39 @@ class Trainer:
         return ""
 
     def train(self) -> Progress:
-        """Run until a stop condition; save ``last`` (also on Ctrl-C) and ``best``."""
+        """Run until a stop condition; save ``last`` (also on Ctrl-C) and ``best``.
+
+        Under torchrun, Ctrl-C (which torchrun forwards to every rank) stops all ranks
+        after the same step, and ``last`` is saved as at any other stop. SIGTERM, which
+        torchrun sends to the others when a rank failed, ends a rank at once.
+        """
+        with self._stop_requests():
+            return self._train()
+
+    @contextlib.contextmanager
+    def _stop_requests(self) -> Iterator[None]:
+        """Under torchrun, turn SIGINT into a request to stop (see ``step``)."""
+        if not self.ranks.grouped or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def ask(signum, frame) -> None:
+            self._asked = True
+
+        old = signal.signal(signal.SIGINT, ask)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, old)
+
+    def _train(self) -> Progress:
         self.model.train()
         bar = tqdm(
             total=self.tc.max_steps,
             initial=self.progress.step,
             unit="step",
             dynamic_ncols=True,
-            disable=None,
+            disable=None if self.ranks.main else True,
         )
         window_tokens, window_start = 0, time.perf_counter()
         try:
@@ -369,6 +474,8 @@ class Trainer:
         self._tb("train/tgt_tok_per_s", tok_per_s)
 
     def _tb(self, tag: str, value: float) -> None:
+        if not self.ranks.main:
+            return
         if self._writer is None:
             from tensorboardX import SummaryWriter
 
