@@ -5,6 +5,7 @@ the built-in ``reverse`` task, against one process; resume, a killed rank, resta
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -171,3 +172,23 @@ def test_a_restart_never_takes_over_another_run(
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "another-job")
     with pytest.raises(ConfigError, match="already holds a training run"):
         Seq2Seq(**_sections(max_steps=8)).fit(out=tmp_path)
+
+
+def test_ctrl_c_stops_every_rank_after_the_same_step_and_saves(tmp_path: Path) -> None:
+    config = _config(tmp_path / "c.yaml", max_steps=100000, max_time=600, valid_every=5)
+    out = tmp_path / "run"
+    job = _start(config, out)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (out / "last.safetensors").is_file():
+            assert job.poll() is None and time.monotonic() < deadline, "training never saved"
+            time.sleep(0.2)
+        job.send_signal(signal.SIGINT)  # as Ctrl-C in the terminal
+        output = job.communicate(timeout=TIMEOUT)[0]
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert "interrupted: the last checkpoint is saved" in output, output
+    saved = load_checkpoint(out / "last.safetensors").trainer
+    assert saved["progress"]["stopped"] == "interrupted"
+    assert len(saved["rank_rng"]) == 2  # both ranks stopped together and were gathered
