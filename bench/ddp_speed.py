@@ -7,7 +7,7 @@ process with ``ranks`` threads, once under ``torchrun --standalone`` as ``ranks`
 processes of one thread each (gloo on the CPU). Each rank takes ``train.batch_tokens``
 per step, so the torchrun run trains ``ranks`` times the tokens per step; the fair
 single-process match is ``train.accumulate=ranks``, which is what the first run uses.
-Target tokens/s are of all ranks together.
+Target tokens/s are of all ranks together; peak RSS is rank 0's.
 """
 
 from __future__ import annotations
@@ -32,10 +32,18 @@ def _run(command: list[str], threads: int) -> dict:
 
 
 def measure(config: str, overrides: list[str], ranks: int, steps: int, warmup: int) -> dict:
-    bench = [str(HERE / "train_speed.py"), config, "--json", f"--steps={steps}"]
-    bench.append(f"--warmup={warmup}")
+    script = str(HERE / "train_speed.py")
+    options = ["--json", f"--steps={steps}", f"--warmup={warmup}"]
     single = _run(
-        [sys.executable, *bench, *overrides, f"train.threads={ranks}", f"train.accumulate={ranks}"],
+        [
+            sys.executable,
+            script,
+            config,
+            *overrides,
+            f"train.threads={ranks}",
+            f"train.accumulate={ranks}",
+            *options,
+        ],
         ranks,
     )
     with tempfile.TemporaryDirectory() as shared:
@@ -44,10 +52,12 @@ def measure(config: str, overrides: list[str], ranks: int, steps: int, warmup: i
             [
                 *launcher,
                 f"--nproc_per_node={ranks}",
-                *bench,
-                f"--run-dir={shared}",
+                script,
+                config,
                 *overrides,
                 "train.threads=1",
+                *options,
+                f"--run-dir={shared}",
             ],
             1,
         )
