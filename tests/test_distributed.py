@@ -17,7 +17,9 @@ import yaml
 
 from seq2seq.api import Seq2Seq
 from seq2seq.checkpoint import load_checkpoint
+from seq2seq.devices import pick_device
 from seq2seq.errors import ConfigError
+from seq2seq.training.distributed import SINGLE, process_group
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 TIMEOUT = 240  # seconds for one torchrun job; a hang fails the test instead of the suite
@@ -192,3 +194,24 @@ def test_ctrl_c_stops_every_rank_after_the_same_step_and_saves(tmp_path: Path) -
     saved = load_checkpoint(out / "last.safetensors").trainer
     assert saved["progress"]["stopped"] == "interrupted"
     assert len(saved["rank_rng"]) == 2  # both ranks stopped together and were gathered
+
+
+def test_one_process_joins_no_group_and_its_collectives_are_identities(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    with process_group("cpu", 60) as ranks:
+        assert ranks is SINGLE and ranks.main and ranks.world == 1
+        assert ranks.sum([1.5, 2.0]) == [1.5, 2.0]
+        assert ranks.broadcast({"a": 1}) == {"a": 1} and ranks.gather(3) == [3]
+        assert not torch.distributed.is_initialized()
+
+
+def test_a_rank_past_the_gpus_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("cuda", index=1) == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match="GPU 2 was asked for.*has 2"):
+        pick_device("cuda", index=2)
+    assert pick_device("cpu", index=5) == torch.device("cpu")  # the index is for GPUs
