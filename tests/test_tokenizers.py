@@ -261,3 +261,20 @@ def test_a_sentencepiece_model_without_the_symbols_is_refused(tmp_path: Path):
     train_tokenizer("sentencepiece", make_corpus(200), tmp_path / "sp.model", 200)
     with pytest.raises(CheckpointError, match=r"sp\.model.*does not keep <eou>"):
         load_tokenizer("sentencepiece", tmp_path / "sp.model", ["<eou>"])
+
+
+@pytest.mark.parametrize("kind", TOKENIZERS)
+def test_encode_many_equals_encode_one_by_one(tmp_path: Path, kind: str):
+    texts = [f"{t} <eou> {t}" for t in make_corpus(200)]
+    if kind == "sentencepiece":
+        tokenizer = train_tokenizer(kind, texts, tmp_path / "sp.model", 300, symbols=SYMBOLS)
+        vocab = Vocab.from_pieces(tokenizer.vocab_pieces())
+    else:
+        tokenizer = load_tokenizer(kind, symbols=SYMBOLS)
+        vocab = Vocab.build((tokenizer.tokenize(t) for t in texts[:50]), reserved=SYMBOLS)
+    codec = TextCodec(tokenizer, vocab)
+    # unseen words and characters, literal specials, empty text: <unk> alike
+    probe = [*texts, "zebra ☃ <s> </s> <unk> <pad>", "", "<2de>x<eou>y"]
+    many = codec.encode_many(probe)
+    assert many == [codec.encode(t) for t in probe]
+    assert any(UNK in ids for ids in many)

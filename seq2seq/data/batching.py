@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -21,8 +22,8 @@ class Examples:
     ``group[i]`` is the task of pair ``i`` (``data.tasks``); empty with one task.
     """
 
-    src: list[list[int]]
-    tgt: list[list[int]]
+    src: Sequence[list[int]]  # lists, or rows memory-mapped from a stream's cache
+    tgt: Sequence[list[int]]
     group: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -78,18 +79,25 @@ def filter_long(
 
     keep = [i for i in range(len(examples)) if fits(i)]
     group = [examples.group[i] for i in keep] if examples.group else []
-    dropped = len(examples) - len(keep)
-    if dropped:
-        if tgt_limit == max_len:
-            limit = f"longer than {max_len} tokens (data.max_len)"
-        else:
-            limit = (
-                f"over the length limits (source: {max_len or 'any'}, target: {tgt_limit} "
-                "tokens; data.max_len, data.max_tgt_len)"
-            )
-        log.warning("%s: dropped %d of %d pairs %s", name, dropped, len(examples), limit)
+    report_dropped(name, len(examples) - len(keep), len(examples), max_len, tgt_limit)
     tgt = [examples.tgt[i] for i in keep] if examples.tgt else []
     return Examples([examples.src[i] for i in keep], tgt, group)
+
+
+def report_dropped(
+    name: str, dropped: int, total: int, max_len: int | None, tgt_limit: int | None
+) -> None:
+    """Warn that ``dropped`` of ``total`` pairs were over the length limits, if any."""
+    if not dropped:
+        return
+    if tgt_limit == max_len:
+        limit = f"longer than {max_len} tokens (data.max_len)"
+    else:
+        limit = (
+            f"over the length limits (source: {max_len or 'any'}, target: {tgt_limit} "
+            "tokens; data.max_len, data.max_tgt_len)"
+        )
+    log.warning("%s: dropped %d of %d pairs %s", name, dropped, total, limit)
 
 
 def cut_sources(examples: Examples, cut: SourceCut, name: str) -> Examples:
@@ -99,14 +107,13 @@ def cut_sources(examples: Examples, cut: SourceCut, name: str) -> Examples:
     n_cut = sum(len(new) < len(old) for new, old in zip(rows, examples.src, strict=True))
     if not n_cut:
         return examples
-    log.info(
-        "%s: cut %d of %d sources to %d tokens (data.max_src_len)",
-        name,
-        n_cut,
-        len(examples),
-        cut.limit,
-    )
+    report_cut(name, n_cut, len(examples), cut.limit)
     return Examples(rows, examples.tgt, examples.group)
+
+
+def report_cut(name: str, n_cut: int, total: int, limit: int | None) -> None:
+    """Log that ``n_cut`` of ``total`` sources were cut to ``limit`` tokens."""
+    log.info("%s: cut %d of %d sources to %d tokens (data.max_src_len)", name, n_cut, total, limit)
 
 
 def _size(examples: Examples, i: int) -> int:
@@ -151,16 +158,20 @@ def token_batches(
     batches = []
     for pool in pools:
         pool.sort(key=lambda i: (_size(examples, i), len(examples.src[i])))
-        batches.extend(_cut(examples, pool, batch_tokens))
+        batches.extend(cut_sorted(pool, lambda i: _size(examples, i), batch_tokens))
     if rng is not None:
         rng.shuffle(batches)
     return batches
 
 
-def _cut(examples: Examples, sorted_pool: list[int], batch_tokens: int) -> list[list[int]]:
+def cut_sorted(
+    sorted_pool: list[int], size_of: Callable[[int], int], batch_tokens: int
+) -> list[list[int]]:
+    """Cut indices sorted by size into batches of at most ``batch_tokens`` padded tokens
+    (``size_of(i)``: the padded length of row ``i``)."""
     batches, current, longest = [], [], 0
     for i in sorted_pool:
-        size = _size(examples, i)
+        size = size_of(i)
         if current and max(longest, size) * (len(current) + 1) > batch_tokens:
             batches.append(current)
             current, longest = [], 0

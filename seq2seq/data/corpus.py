@@ -19,6 +19,7 @@ Every problem a user can cause is raised as :class:`~seq2seq.errors.DataError`.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import logging
 import zlib
@@ -132,25 +133,10 @@ def read_parallel(
         DataError: If a file is missing, not UTF-8, malformed (TSV/JSONL), if the two
             files of a pair differ in line count, or if no usable pair remains.
     """
-    if _single_file_format(Path(spec)) is not None:
-        dialogue_eou = None
-    files = corpus_files(spec, src_lang, tgt_lang, dialogues=dialogue_eou is not None)
-    description = f"{name} ({', '.join(str(f) for f in files)})"
-    fmt = _single_file_format(files[0])
-    if dialogue_eou is not None:
-        records = _read_dialogues(files[0], dialogue_eou)
-    elif fmt == "tsv":
-        records = _read_tsv(files[0])
-    elif fmt == "jsonl":
-        records = _read_jsonl(files[0])
-    else:
-        records = _read_file_pair(files[0], files[1])
+    _, description, lazy = records_of(spec, src_lang, tgt_lang, name, dialogue_eou)
+    records = list(lazy)
     rendering = rendering or Rendering()
-    usable = []
-    for record in records:
-        if record.tgt is not None and record.tgt.strip() and record.turns():
-            defaults = {"tgt_lang": record.tgt_lang or tgt_lang, "task": record.task or task}
-            usable.append(replace(record, **defaults))
+    usable = [u for r in records if (u := usable_record(r, tgt_lang, task)) is not None]
     skipped = len(records) - len(usable)
     if not usable:
         raise DataError(f"no usable sentence pairs in {description}")
@@ -169,6 +155,35 @@ def read_parallel(
         skipped_empty=skipped,
         symbols=tuple(rendering.symbols(usable)),
     )
+
+
+def records_of(
+    spec: str | Path, src_lang: str, tgt_lang: str, name: str, dialogue_eou: str | None
+) -> tuple[list[Path], str, Iterator[Record]]:
+    """The files of a corpus spec, their description for messages, and a lazy reader of
+    their records (one record in memory at a time)."""
+    if _single_file_format(Path(spec)) is not None:
+        dialogue_eou = None
+    files = corpus_files(spec, src_lang, tgt_lang, dialogues=dialogue_eou is not None)
+    description = f"{name} ({', '.join(str(f) for f in files)})"
+    fmt = _single_file_format(files[0])
+    if dialogue_eou is not None:
+        records = _read_dialogues(files[0], dialogue_eou)
+    elif fmt == "tsv":
+        records = _read_tsv(files[0])
+    elif fmt == "jsonl":
+        records = _read_jsonl(files[0])
+    else:
+        records = _read_file_pair(files[0], files[1])
+    return files, description, records
+
+
+def usable_record(record: Record, tgt_lang: str, task: str | None) -> Record | None:
+    """``record`` with the corpus's ``tgt_lang`` and ``task`` where it names none, or
+    None when it has no target or no turn (an empty pair, skipped)."""
+    if record.tgt is None or not record.tgt.strip() or not record.turns():
+        return None
+    return replace(record, tgt_lang=record.tgt_lang or tgt_lang, task=record.task or task)
 
 
 def read_lines(path: str | Path) -> list[str]:
@@ -254,21 +269,26 @@ def decode_line(path: Path | str, number: int, raw: bytes) -> str:
     return text.removeprefix("\ufeff") if number == 1 else text
 
 
-def _read_file_pair(src_path: Path, tgt_path: Path) -> list[Record]:
-    """Read two line-aligned files; their line counts must match."""
-    src = [line for _, line in _iter_lines(src_path)]
-    tgt = [line for _, line in _iter_lines(tgt_path)]
-    if len(src) != len(tgt):
-        raise DataError(
-            f"parallel files differ in length: {src_path} has {len(src)} lines but "
-            f"{tgt_path} has {len(tgt)} lines"
-        )
-    return [Record(s, t) for s, t in zip(src, tgt, strict=True)]
+def _read_file_pair(src_path: Path, tgt_path: Path) -> Iterator[Record]:
+    """Read two line-aligned files in step; their line counts must match."""
+    src_lines, tgt_lines = _iter_lines(src_path), _iter_lines(tgt_path)
+    count = 0
+    for src, tgt in itertools.zip_longest(src_lines, tgt_lines):
+        if src is None or tgt is None:
+            # One file ended first: count the rest of the other for the message.
+            longer = src_lines if tgt is None else tgt_lines
+            n_longer = count + 1 + sum(1 for _ in longer)
+            n_src, n_tgt = (n_longer, count) if tgt is None else (count, n_longer)
+            raise DataError(
+                f"parallel files differ in length: {src_path} has {n_src} lines but "
+                f"{tgt_path} has {n_tgt} lines"
+            )
+        count += 1
+        yield Record(src[1], tgt[1])
 
 
-def _read_dialogues(path: Path, eou: str) -> list[Record]:
+def _read_dialogues(path: Path, eou: str) -> Iterator[Record]:
     """One dialogue a line, turns ending with ``eou``: a record for every reply."""
-    records = []
     for number, line in _iter_lines(path):
         turns = [" ".join(t.split()) for t in line.split(eou)]
         if turns and not turns[-1]:
@@ -279,16 +299,15 @@ def _read_dialogues(path: Path, eou: str) -> list[Record]:
                 "each turn ends with it"
             )
         context = tuple(Turn(t) for t in turns)
-        records += [Record(tgt=turns[i], context=context[:i]) for i in range(1, len(turns))]
-    return records
+        for i in range(1, len(turns)):
+            yield Record(tgt=turns[i], context=context[:i])
 
 
-def _read_tsv(path: Path) -> list[Record]:
+def _read_tsv(path: Path) -> Iterator[Record]:
     """Read ``source<TAB>target`` lines; a blank line counts as an empty pair."""
-    pairs = []
     for number, line in _iter_lines(path):
         if not line.strip():
-            pairs.append(Record("", ""))
+            yield Record("", "")
             continue
         fields = line.split("\t")
         if len(fields) != 2:
@@ -296,16 +315,14 @@ def _read_tsv(path: Path) -> list[Record]:
                 f"{path}, line {number}: expected 2 tab-separated columns (source, target), "
                 f"found {len(fields)}"
             )
-        pairs.append(Record(fields[0], fields[1]))
-    return pairs
+        yield Record(fields[0], fields[1])
 
 
-def _read_jsonl(path: Path) -> list[Record]:
+def _read_jsonl(path: Path) -> Iterator[Record]:
     """Read one record per line (a target is required); blank lines are empty pairs."""
-    records = []
     for number, line in _iter_lines(path):
         if not line.strip():
-            records.append(Record("", ""))
+            yield Record("", "")
             continue
         where = f"{path}, line {number}"
         try:
@@ -315,5 +332,4 @@ def _read_jsonl(path: Path) -> list[Record]:
         record = parse_record(obj, where)
         if record.tgt is None:
             raise DataError(f'{where}: the record has no "tgt" (the target text) field')
-        records.append(record)
-    return records
+        yield record

@@ -8,6 +8,7 @@ trained model always reads and writes text the way it was trained.
 from __future__ import annotations
 
 import abc
+import functools
 import io
 import re
 from collections.abc import Iterable, Iterator
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import ClassVar
 
 import sentencepiece as spm
+import torch
 
-from seq2seq.data.vocab import Vocab
+from seq2seq.data.vocab import UNK, Vocab
 from seq2seq.errors import CheckpointError, DataError
 from seq2seq.files import atomic_write_bytes
 
@@ -148,6 +150,20 @@ class SentencePieceTokenizer(Tokenizer):
     def tokenize(self, text: str) -> list[str]:
         return self._sp.encode(text, out_type=str)
 
+    def piece_ids(self, texts: list[str]) -> list[list[int]]:
+        """SentencePiece's own ids of the pieces of each text (many texts at once, in C++:
+        several times faster than :meth:`tokenize` text by text)."""
+        return self._sp.encode(texts, out_type=int, num_threads=torch.get_num_threads())
+
+    def id_pieces(self) -> list[str | None]:
+        """The piece of each SentencePiece id (what :meth:`piece_ids` numbers); None for
+        its control and unknown symbols."""
+        sp = self._sp
+        return [
+            None if sp.is_control(i) or sp.is_unknown(i) else sp.id_to_piece(i)
+            for i in range(sp.get_piece_size())
+        ]
+
     def detokenize(self, pieces: list[str]) -> str:
         return self._sp.decode_pieces(pieces)
 
@@ -188,6 +204,20 @@ class TextCodec:
     def encode(self, text: str) -> list[int]:
         """Returns the ids of ``text``, without ``BOS`` or ``EOS``."""
         return self.vocab.encode(self.tokenizer.tokenize(text))
+
+    def encode_many(self, texts: list[str]) -> list[list[int]]:
+        """``[encode(t) for t in texts]``, in one call to SentencePiece where it is the
+        tokenizer (for encoding large corpora)."""
+        if not isinstance(self.tokenizer, SentencePieceTokenizer):
+            return [self.encode(t) for t in texts]
+        table = self._vocab_ids
+        return [[table[i] for i in ids] for ids in self.tokenizer.piece_ids(texts)]
+
+    @functools.cached_property
+    def _vocab_ids(self) -> list[int]:
+        """The vocabulary id of each SentencePiece id (``UNK`` for its control pieces)."""
+        pieces = self.tokenizer.id_pieces()  # type: ignore[attr-defined]
+        return [UNK if piece is None else self.vocab.index(piece) for piece in pieces]
 
     def decode(self, ids: Iterable[int], keep_symbols: bool = False) -> str:
         """Returns the text of ``ids``, read up to the first ``EOS``.
