@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from seq2seq.config import load_config
-from seq2seq.data.prepare import load_split
+from seq2seq.data.prepare import load_training
 from seq2seq.rundir import RunDir
 from seq2seq.training.distributed import launched, process_group
 from seq2seq.training.driver import prepare
@@ -41,7 +41,7 @@ def measure(
         tmp = run_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         ranks = stack.enter_context(process_group(cfg.train.device, cfg.train.dist_timeout))
         # The training driver's own preparation (seeds, tokenizers, data, model), no validation.
-        trainer = prepare(cfg, RunDir(tmp), load_split(cfg.data, "train"), ranks=ranks)
+        trainer = prepare(cfg, RunDir(tmp), load_training(cfg.data), ranks=ranks)
         model, device = trainer.model, trainer.device
         model.train()
         for _ in range(warmup):

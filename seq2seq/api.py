@@ -9,6 +9,7 @@ model.save("my_model"); Seq2Seq.load("my_model")
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -16,8 +17,9 @@ from pathlib import Path
 from seq2seq.checkpoint import save_checkpoint
 from seq2seq.config import Config, dump_config, from_dict
 from seq2seq.data.corpus import ParallelText, read_parallel
-from seq2seq.data.prepare import load_split
+from seq2seq.data.prepare import load_split, load_training
 from seq2seq.data.records import Record, Rendering
+from seq2seq.data.stream import CorpusStream
 from seq2seq.errors import DataError
 from seq2seq.inference import Translation, Translator, evaluate
 from seq2seq.inference.engine import check_symbols
@@ -28,6 +30,14 @@ from seq2seq.training import driver
 from seq2seq.training.loop import Progress
 
 Data = str | Path | ParallelText | Sequence[tuple[str, str]] | None
+
+
+def _training_data(data: Data, cfg: Config) -> ParallelText | CorpusStream | None:
+    """Training data for ``fit``: a corpus spec is read as the config says (streamed
+    with ``data.stream``), anything else as :func:`_as_text` reads it."""
+    if isinstance(data, (str, Path)) and not (cfg.data.tasks or cfg.data.task):
+        return load_training(dataclasses.replace(cfg.data, train=str(data)))
+    return None if data is None else _as_text(data, cfg, "train")
 
 
 def _as_text(
@@ -102,7 +112,7 @@ class Seq2Seq:
         self.progress = driver.train(
             cfg,
             run,
-            None if train is None else _as_text(train, cfg, "train"),
+            _training_data(train, cfg),
             None if valid is None else _as_text(valid, cfg, "valid"),
             resume=resume,
         )

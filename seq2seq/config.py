@@ -86,6 +86,10 @@ class DataConfig:
     task_tags: bool = False  # put <task:name> before each source
     truncate: Literal["end", "oldest_turns"] = "end"  # over max_src_len: cut the end, or
     # drop whole turns oldest first (tags stay)
+    # corpora larger than memory
+    stream: Literal["auto", True, False] = "auto"  # read data.train as a stream into a
+    # memory-mapped token cache; auto: when its files are over 1 GiB in all
+    stream_sample: int = _opt(300000, lo=1)  # streamed: pairs the tokenizers are fitted on
 
 
 @dataclass(frozen=True)

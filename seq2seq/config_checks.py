@@ -88,6 +88,12 @@ def conflicts(cfg: Any) -> list[str]:
             "one symbol such as <eou>",
         ),
         (
+            data.stream not in ("auto", False) and (data.tasks or data.task is not None),
+            "data.stream: a stream reads one corpus, data.train; "
+            + ("data.tasks are read into memory" if data.tasks else "a built-in task is generated")
+            + " (remove data.stream or set it to auto)",
+        ),
+        (
             data.truncate == "oldest_turns" and data.max_src_len is None,
             "data.truncate: oldest_turns drops turns of sources over data.max_src_len; "
             "set data.max_src_len (or remove the key)",

@@ -15,6 +15,7 @@ from seq2seq.data.batching import Examples, cut_sources, filter_long
 from seq2seq.data.cache import encode_cached
 from seq2seq.data.corpus import ParallelText, TextPart, read_parallel
 from seq2seq.data.records import Record, Rendering, SourceCut
+from seq2seq.data.stream import STREAM_AUTO_BYTES, CorpusStream
 from seq2seq.data.tasks import make_task
 from seq2seq.data.tokenizers import TextCodec, Tokenizer, load_tokenizer, train_tokenizer
 from seq2seq.data.vocab import Vocab
@@ -57,6 +58,52 @@ def load_split(cfg: DataConfig, split: str) -> ParallelText | None:
         rendering=Rendering.of(cfg),
         dialogue_eou=cfg.dialogue_eou,
     )
+
+
+def load_training(cfg: DataConfig) -> ParallelText | CorpusStream:
+    """The training data: read whole (:func:`load_split`), or as a :class:`CorpusStream`
+    with ``data.stream`` (``auto``: when ``data.train``'s files are over 1 GiB in all).
+
+    Raises:
+        ConfigError: no training data is configured.
+        DataError: a file is missing, or from the corpus reader.
+    """
+    if not cfg.stream or cfg.train is None or cfg.tasks or cfg.task is not None:
+        return load_split(cfg, "train")
+    stream = CorpusStream(
+        cfg.train,
+        cfg.src_lang,
+        cfg.tgt_lang,
+        "train",
+        rendering=Rendering.of(cfg),
+        dialogue_eou=cfg.dialogue_eou,
+    )
+    size = stream.size_bytes()
+    if cfg.stream == "auto" and size <= STREAM_AUTO_BYTES:
+        return load_split(cfg, "train")
+    log.info("%s: streamed (%.2f GB; data.stream=%s)", stream.name, size / 1e9, cfg.stream)
+    return stream
+
+
+def fitting_text(
+    cfg: DataConfig,
+    train: ParallelText | CorpusStream,
+    cache_dir: Path | None,
+    *,
+    fitted: bool = False,
+    seed: int = 0,
+) -> ParallelText:
+    """What the tokenizers are fitted on and the rendered symbols are read from: the
+    training text itself, or for a stream a seeded sample of ``data.stream_sample``
+    pairs carrying the whole stream's symbols (no sample when nothing is fitted: the
+    tokenizers are ``fitted`` already, or ``data.sp_model`` is used as it is)."""
+    if isinstance(train, ParallelText):
+        return train
+    fitted = fitted or (cfg.tokenizer == "sentencepiece" and cfg.sp_model is not None)
+    text = train.surveyed(cache_dir, 0 if fitted else cfg.stream_sample, seed)
+    if not fitted:
+        log.info("fitting the tokenizers on %s", text.name)
+    return text
 
 
 def _builtin(

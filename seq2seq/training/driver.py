@@ -21,9 +21,18 @@ from seq2seq import metrics as metrics_lib
 from seq2seq.checkpoint import load_checkpoint
 from seq2seq.config import Config
 from seq2seq.data.batching import Examples
+from seq2seq.data.cache import encode_stream
 from seq2seq.data.corpus import ParallelText
-from seq2seq.data.prepare import encode, fit_codecs, load_codecs, load_split
+from seq2seq.data.prepare import (
+    encode,
+    fit_codecs,
+    fitting_text,
+    load_codecs,
+    load_split,
+    load_training,
+)
 from seq2seq.data.records import SourceCut
+from seq2seq.data.stream import CorpusStream
 from seq2seq.data.tokenizers import TextCodec
 from seq2seq.devices import pick_device
 from seq2seq.errors import CheckpointError, ConfigError, DataError
@@ -41,7 +50,7 @@ log = logging.getLogger("seq2seq")
 def train(
     cfg: Config,
     run: RunDir,
-    train_text: ParallelText | None = None,
+    train_text: ParallelText | CorpusStream | None = None,
     valid_text: ParallelText | None = None,
     *,
     resume: bool = False,
@@ -72,7 +81,7 @@ def train(
         # rank 0 decides for all: a restart may reach the nodes with different counts
         restarted = ranks.broadcast(not resume and ranks.main and _restarted(run))
         check_run_dir(run, resume or restarted)
-        train_text = train_text if train_text is not None else load_split(cfg.data, "train")
+        train_text = train_text if train_text is not None else load_training(cfg.data)
         valid_text = valid_text if valid_text is not None else load_split(cfg.data, "valid")
         try:
             run.path.mkdir(parents=True, exist_ok=True)
@@ -106,7 +115,7 @@ def _restarted(run: RunDir) -> bool:
 def prepare(
     cfg: Config,
     run: RunDir,
-    train_text: ParallelText,
+    train_text: ParallelText | CorpusStream,
     valid_text: ParallelText | None = None,
     *,
     resume: bool = False,
@@ -116,7 +125,9 @@ def prepare(
 
     Seeds Python's and PyTorch's generators, writes the run's config, fits (or, on
     resume, loads) the tokenizers, encodes the data through the run's cache, builds the
-    model on its device, and restores the last checkpoint when resuming.
+    model on its device, and restores the last checkpoint when resuming. A streamed
+    ``train_text`` is surveyed (and sampled for the tokenizers) first, then encoded into
+    a memory-mapped cache.
 
     With several ``ranks``, rank 0 writes the config, fits the tokenizers and fills the
     cache while the others wait, then they load what it wrote; only rank 0 encodes the
@@ -129,14 +140,18 @@ def prepare(
     torch.manual_seed(cfg.train.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    cfg = with_rendered_symbols(cfg, train_text, valid_text)
-    data = cfg.data
     valid_text = valid_text if ranks.main else None
     if ranks.main:
+        seed = cfg.train.seed
+        fit_text = fitting_text(cfg.data, train_text, run.cache, fitted=resume, seed=seed)
+        cfg = with_rendered_symbols(cfg, fit_text, valid_text)
         run.save_config(cfg)
-        codecs = load_codecs(data, run) if resume else fit_codecs(data, train_text, run)
+        codecs = load_codecs(cfg.data, run) if resume else fit_codecs(cfg.data, fit_text, run)
         train_ex, valid_ex = _encoded(cfg, run, codecs, train_text, valid_text)
-    ranks.barrier()  # rank 0 has written the tokenizers and the cache
+    # rank 0 has written the tokenizers and the cache: the others take its symbols
+    symbols = ranks.broadcast(cfg.data.symbols)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, symbols=symbols))
+    data = cfg.data
     if not ranks.main:
         codecs = load_codecs(data, run)
         train_ex, valid_ex = _encoded(cfg, run, codecs, train_text, None)
@@ -165,15 +180,18 @@ def _encoded(
     cfg: Config,
     run: RunDir,
     codecs: tuple[TextCodec, TextCodec],
-    train_text: ParallelText,
+    train_text: ParallelText | CorpusStream,
     valid_text: ParallelText | None,
 ) -> tuple[Examples, Examples | None]:
-    """The training (and validation) examples, through the run's cache."""
+    """The training (and validation) examples, through the run's cache (memory-mapped
+    from it for a stream)."""
     data = cfg.data
     cut = SourceCut.of(data, codecs[0])
-    train_ex = encode(
-        train_text, *codecs, data.max_len, run.cache, cut=cut, max_tgt_len=data.max_tgt_len
-    )
+    limits = {"cut": cut, "max_tgt_len": data.max_tgt_len}
+    if isinstance(train_text, CorpusStream):
+        train_ex = encode_stream(train_text, *codecs, run.cache, max_len=data.max_len, **limits)
+    else:
+        train_ex = encode(train_text, *codecs, data.max_len, run.cache, **limits)
     valid_ex = encode(valid_text, *codecs, None, run.cache, cut=cut) if valid_text else None
     return train_ex, valid_ex
 

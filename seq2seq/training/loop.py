@@ -32,15 +32,17 @@ from seq2seq.checkpoint import (
 from seq2seq.config import Config, dump_config
 from seq2seq.data.batching import Batch, Examples, collate, token_batches
 from seq2seq.data.vocab import PAD
+from seq2seq.errors import ConfigError
 from seq2seq.models.contract import Seq2SeqModel
 from seq2seq.rundir import RunDir
 from seq2seq.training.distributed import SINGLE, Ranks, job_id
 from seq2seq.training.loss import batch_loss
 from seq2seq.training.optim import Schedule, build_optimizer
-from seq2seq.training.order import BatchOrder
+from seq2seq.training.order import StreamOrder, batch_order
 from seq2seq.training.precision import autocast, grad_scaler, limit_kernel_cache, resolve
 
 log = logging.getLogger("seq2seq")
+_READ = {"stream": "as a stream", "memory": "into memory"}  # the two kinds of batch order
 # Per-step lines go to the run's train.log only, never to the console.
 step_log = logging.getLogger("seq2seq.steps")
 step_log.propagate = False
@@ -142,7 +144,7 @@ class Trainer:
         self.progress = Progress()
         self._writer = None
         weights = tuple(t.weight for t in cfg.data.tasks)
-        self.order = BatchOrder(
+        self.order = batch_order(
             train, self.tc.batch_tokens, self.tc.pool_batches, self.tc.seed, weights
         )
         self._since_valid = [0.0, 0]  # summed training loss and target tokens
@@ -325,6 +327,7 @@ class Trainer:
             "progress": asdict(self.progress),
             "schedule": self.schedule.state_dict(),
             "rng": rng,
+            "order": self._order_kind(),
         }
         if self.ranks.grouped:
             every = self.ranks.gather(rng)
@@ -340,6 +343,14 @@ class Trainer:
         saved state, the others a seed of their rank and the step).
         """
         ckpt = load_checkpoint(self.run.last)
+        mine = self._order_kind()
+        saved = ckpt.trainer.get("order", mine)
+        if saved != mine:
+            raise ConfigError(
+                f"{ckpt.path} was trained on a corpus read {_READ[saved]}, but this config "
+                f"reads it {_READ[mine]}: the saved data position would stand for other "
+                f"batches; resume with data.stream: {'true' if saved == 'stream' else 'false'}"
+            )
         restore_model(self.model, ckpt)
         restore_optimizer(self.optimizer, ckpt)
         for group in self.optimizer.param_groups:  # the config given now wins on resume
@@ -364,6 +375,10 @@ class Trainer:
                     self.ranks.world,
                 )
         log.info("resumed from %s at step %d", ckpt.path, self.progress.step)
+
+    def _order_kind(self) -> str:
+        """How the training data is ordered, which decides what a saved position means."""
+        return "stream" if isinstance(self.order, StreamOrder) else "memory"
 
     # ------------------------------------------------------------------ the loop
 
