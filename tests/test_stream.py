@@ -23,7 +23,7 @@ from seq2seq.data.cache import MappedRows, encode_stream
 from seq2seq.data.corpus import read_parallel
 from seq2seq.data.prepare import encode, fit_codecs, fitting_text, load_training
 from seq2seq.data.records import Rendering, SourceCut
-from seq2seq.data.stream import CorpusStream
+from seq2seq.data.stream import CorpusStream, Survey
 from seq2seq.data.tasks import make_task
 from seq2seq.errors import ConfigError, DataError
 from seq2seq.rundir import RunDir
@@ -114,15 +114,38 @@ def test_the_sample_is_seeded_uniform_and_of_the_asked_size(tmp_path: Path) -> N
 
 
 def test_the_survey_is_kept_and_the_fingerprint_follows_the_files(tmp_path: Path) -> None:
-    _write_pairs(tmp_path / "c", 50)
-    stream = CorpusStream(tmp_path / "c", "src", "tgt")
+    records = [{"context": ["hi", "hello"], "tgt": f"reply {i}"} for i in range(30)]
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    stream = CorpusStream(path, "src", "tgt", rendering=Rendering(turn_separator="<eou>"))
     cache = tmp_path / "cache"
     stream.surveyed(cache)
+    assert stream.survey == Survey(30, 0, ("<eou>",))
+    assert (cache / f"{stream.fingerprint()}.survey.json").is_file()
+    path.write_text("garbage that is not read again", encoding="utf-8")
+    os.utime(path, ns=(0, 0))
+    again = CorpusStream(path, "src", "tgt", rendering=Rendering(turn_separator="<eou>"))
+    with pytest.raises(DataError, match="invalid JSON"):  # the survey was of other bytes
+        again.surveyed(cache)
+
+
+def test_a_plain_file_pair_is_not_surveyed_without_a_sample(tmp_path: Path) -> None:
+    _write_pairs(tmp_path / "c", 50)
+    stream = CorpusStream(tmp_path / "c", "src", "tgt")
+    assert stream.writes_no_symbols
+    assert stream.surveyed(tmp_path / "cache").src == [] and stream.survey.pairs is None
+    assert stream.surveyed(None, sample=5).symbols == () and stream.survey.pairs == 50
+    tagged = CorpusStream(tmp_path / "c", "src", "tgt", rendering=Rendering(lang_tags=True))
+    assert not tagged.writes_no_symbols
+    tagged.surveyed(None)
+    assert tagged.survey.symbols == ("<2tgt>",)
+
+
+def test_the_fingerprint_follows_the_files(tmp_path: Path) -> None:
+    _write_pairs(tmp_path / "c", 50)
+    stream = CorpusStream(tmp_path / "c", "src", "tgt")
     fingerprint = stream.fingerprint()
-    assert (cache / f"{fingerprint}.survey.json").is_file()
-    again = CorpusStream(tmp_path / "c", "src", "tgt")
-    again.surveyed(cache)
-    assert again.survey == stream.survey
+    assert CorpusStream(tmp_path / "c", "src", "tgt").fingerprint() == fingerprint
     with open(tmp_path / "c.src", "a", encoding="utf-8") as f:
         f.write("one more\n")
     with open(tmp_path / "c.tgt", "a", encoding="utf-8") as f:

@@ -183,6 +183,8 @@ def usable_record(record: Record, tgt_lang: str, task: str | None) -> Record | N
     None when it has no target or no turn (an empty pair, skipped)."""
     if record.tgt is None or not record.tgt.strip() or not record.turns():
         return None
+    if (record.tgt_lang or not tgt_lang) and (record.task or not task):
+        return record  # (no copy: this runs for every pair of a corpus)
     return replace(record, tgt_lang=record.tgt_lang or tgt_lang, task=record.task or task)
 
 

@@ -41,12 +41,13 @@ class Survey:
     """What one pass over a stream found.
 
     Attributes:
-        pairs: usable pairs (both sides non-empty).
+        pairs: usable pairs (both sides non-empty); None when the stream was not read
+            (nothing to sample, and it cannot hold symbols).
         skipped_empty: pairs skipped for an empty side.
         symbols: the tags and separators the rendering wrote, in order of appearance.
     """
 
-    pairs: int
+    pairs: int | None
     skipped_empty: int
     symbols: tuple[str, ...]
 
@@ -98,8 +99,21 @@ class CorpusStream:
 
     def _usable_records(self) -> Iterator[Record]:
         for record in self._records():
-            if (usable := usable_record(record, self.tgt_lang, None)) is not None:
+            if (usable := self._usable(record)) is not None:
                 yield usable
+
+    def _usable(self, record: Record) -> Record | None:
+        # The corpus's tgt_lang matters for a <2xx> tag only: no copy of every record else.
+        return usable_record(record, self.tgt_lang if self.rendering.lang_tags else None, None)
+
+    @property
+    def writes_no_symbols(self) -> bool:
+        """Whether rendering cannot write a symbol here: one-turn records (a file pair or
+        TSV) and no tags."""
+        one_turn = self.dialogue_eou is None and not str(self.files[0]).lower().endswith(
+            (".jsonl", ".jsonl.gz")
+        )
+        return one_turn and not (self.rendering.lang_tags or self.rendering.task_tags)
 
     def _render(self, record: Record) -> str:
         try:
@@ -145,6 +159,9 @@ class CorpusStream:
         Raises:
             DataError: from the reader, or when the stream has no usable pair.
         """
+        if not sample and self.writes_no_symbols:
+            self.survey = Survey(None, 0, ())  # nothing to learn from a pass
+            return self._text([], [])
         path = cache_dir / f"{self.fingerprint()}.survey.json" if cache_dir else None
         if not sample and path is not None and path.is_file():
             saved = json.loads(path.read_text(encoding="utf-8"))
@@ -154,7 +171,7 @@ class CorpusStream:
         pairs = total = 0
         for record in self._records():
             total += 1
-            usable = usable_record(record, self.tgt_lang, None)
+            usable = self._usable(record)
             if usable is None:
                 continue
             symbols.update(dict.fromkeys(self.rendering.symbols([usable])))
