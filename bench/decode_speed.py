@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from seq2seq.data.corpus import read_lines
+from seq2seq.devices import cpu_bf16_summary
 from seq2seq.inference import Translator
 from seq2seq.metrics import bleu
 
@@ -146,7 +147,7 @@ def load_test(args) -> tuple[list[str], list[str]]:
 def table(results: dict) -> str:
     ct2 = {k.split("-")[0]: v for k, v in results.items() if k.endswith("ct2-int8")}
     header = f"{'mode':<18} {'sent/s':>8} {'tgt tok/s':>10} {'BLEU':>6} {'vs ct2-int8':>11}"
-    lines = [f"{header} {'=greedy':>8}"]
+    lines = [cpu_bf16_summary(), f"{header} {'=greedy':>8}"]
     for mode, r in results.items():
         base = ct2.get(mode.split("-")[0])
         ratio = f"{r['tgt_tok_per_s'] / base['tgt_tok_per_s']:.2f}x" if base else "-"

@@ -26,6 +26,7 @@ import torch
 
 from seq2seq.config import load_config
 from seq2seq.data.prepare import load_training
+from seq2seq.devices import cpu_bf16_summary
 from seq2seq.rundir import RunDir
 from seq2seq.training.distributed import launched, process_group
 from seq2seq.training.driver import prepare
@@ -70,6 +71,7 @@ def measure(
         "rank": ranks.rank,
         "precision": trainer.precision,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "cpu_bf16": cpu_bf16_summary(),
     }
 
 
@@ -92,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
+    print(result["cpu_bf16"])
     print(f"{'metric':<22}{'value':>14}")
     for key in ("tgt_tok_per_s", "src_tgt_tok_per_s", "padding_fraction", "peak_rss_mb"):
         print(

@@ -16,6 +16,9 @@ from pathlib import Path
 from seq2seq import metrics as metrics_lib
 from seq2seq.errors import ConfigError, DataError, Seq2SeqError
 
+PRECISIONS = ("fp32", "bf16", "auto")
+PRECISION_HELP = "inference arithmetic (auto: bf16 where the device computes it natively)"
+
 
 def cmd_train(args: argparse.Namespace) -> int | None:
     from seq2seq.config import load_config
@@ -377,7 +380,11 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sample", action="store_true", help="sample instead of searching")
     g.add_argument("--seed", type=int, help="random seed of --sample (reproducible output)")
     g.add_argument("--quantize", choices=("none", "int8"), help="int8: quantized linears (CPU)")
-    g.add_argument("--precision", choices=("fp32", "bf16"), help="inference arithmetic")
+    g.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto"),
+        help="inference arithmetic (auto: bf16 where native)",
+    )
     g.add_argument(
         "--engine",
         choices=("native", "ctranslate2"),
@@ -523,7 +530,11 @@ def _add_decoding_commands(sub) -> None:
     p.add_argument(
         "-o", "--output", help="output file (default: stdout): log-prob, tokens, per token"
     )
-    p.add_argument("--precision", choices=("fp32", "bf16"), help="inference arithmetic")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto"),
+        help="inference arithmetic (auto: bf16 where native)",
+    )
     p.add_argument("--quantize", choices=("none", "int8"), help="int8: quantized linears (CPU)")
     _add_tag_args(p)
     p.set_defaults(func=cmd_score, beam=None, nbest=None, sample=False, seed=None, decode=[])

@@ -178,7 +178,8 @@ class DecodeConfig:
     top_k: int = _opt(0, lo=0)  # sample: from the k most likely; 0 = all
     top_p: float = _opt(1.0, lo=1e-6, hi=1.0)  # sample: from the smallest set with mass p
     seed: int | None = None  # sample: random seed (None: a fresh draw each time)
-    precision: Literal["fp32", "bf16"] = "fp32"  # inference arithmetic (bf16: weights too)
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"  # inference arithmetic (bf16:
+    # weights too; auto: bf16 where the device computes it natively, else fp32)
     quantize: Literal["none", "int8"] = "none"  # int8: dynamic quantization of linears (CPU)
 
 

@@ -1,10 +1,18 @@
-"""Device choice: the one place that turns ``auto``/``cpu``/``cuda`` into a device."""
+"""Device choice: the one place that turns ``auto``/``cpu``/``cuda`` into a device, and
+the one that says whether a device computes bf16 natively (``precision: auto``)."""
 
 from __future__ import annotations
+
+import logging
 
 import torch
 
 from seq2seq.errors import ConfigError
+
+log = logging.getLogger("seq2seq")
+
+# torch.cpu's probes (private in torch 2.x) for the CPU features that compute bf16 natively
+_CPU_BF16_PROBES = {"avx512_bf16": "_is_avx512_bf16_supported", "amx": "_is_amx_tile_supported"}
 
 
 def pick_device(name: str = "auto", index: int | None = None) -> torch.device:
@@ -31,3 +39,45 @@ def pick_device(name: str = "auto", index: int | None = None) -> torch.device:
             )
         return torch.device("cuda", index)
     return torch.device(name)
+
+
+def cpu_bf16_features() -> dict[str, bool]:
+    """Which of the CPU's native bf16 features (AVX-512 BF16, AMX) it has."""
+    return {
+        name: bool(getattr(torch.cpu, probe, lambda: False)())
+        for name, probe in _CPU_BF16_PROBES.items()
+    }
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: a CUDA GPU that supports it, or a CPU
+    with AVX-512 BF16 or AMX (elsewhere bf16 matrix products are emulated and run
+    several times slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return any(cpu_bf16_features().values())
+
+
+def resolve_precision(device: torch.device, precision: str, key: str) -> str:
+    """``auto`` becomes bf16 where ``device`` computes it natively, else fp32; bf16 asked
+    for where it is emulated is kept, with a warning naming the config ``key``."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if precision == "bf16" and not native_bf16(device):
+        log.warning(
+            "%s: bf16 on a CPU without AVX-512 BF16 or AMX is emulated and runs several "
+            "times slower than fp32; use fp32, or auto to pick bf16 where it is native",
+            key,
+        )
+    return precision
+
+
+def cpu_bf16_summary() -> str:
+    """One line for benchmark tables: the CPU's native bf16 features."""
+    features = cpu_bf16_features()
+    has = [name for name, present in features.items() if present]
+    return (
+        f"CPU bf16: native ({', '.join(has)})"
+        if has
+        else "CPU bf16: emulated (no AVX-512 BF16, no AMX): bf16 is slower than fp32 here"
+    )

@@ -12,20 +12,23 @@ import warnings
 import torch
 
 from seq2seq.config import DecodeConfig
+from seq2seq.devices import resolve_precision
 from seq2seq.errors import ConfigError
 
 
 def for_inference(model: torch.nn.Module, decode: DecodeConfig) -> torch.nn.Module:
-    """The model as ``decode`` asks to run it: as is, int8-quantized, or in bf16.
+    """The model as ``decode`` asks to run it: as is, int8-quantized, or in bf16
+    (``precision: auto``: where the device computes bf16 natively).
 
     Raises:
         ConfigError: int8 asked for on a model that is not on the CPU.
     """
+    device = next(model.parameters()).device
     if decode.quantize == "int8":
-        if next(model.parameters()).device.type != "cpu":
+        if device.type != "cpu":
             raise ConfigError("decode.quantize: int8 runs on the CPU only (use --device cpu)")
         return quantize_int8(model)
-    if decode.precision == "bf16":
+    if resolve_precision(device, decode.precision, "decode.precision") == "bf16":
         return copy.deepcopy(model).to(torch.bfloat16)
     return model
 

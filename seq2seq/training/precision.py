@@ -11,6 +11,7 @@ import os
 
 import torch
 
+from seq2seq.devices import resolve_precision
 from seq2seq.errors import ConfigError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -20,15 +21,10 @@ def resolve(device: torch.device, precision: str) -> str:
     """``auto`` becomes bf16 where the hardware computes it natively, else fp32.
 
     On a CPU without AVX-512 BF16 or AMX, bf16 matrix products are emulated and run
-    several times slower than fp32, so ``auto`` keeps fp32 there.
+    several times slower than fp32, so ``auto`` keeps fp32 there (and bf16 asked for
+    there is warned about).
     """
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private in torch 2.x
-    native = any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-    return "bf16" if native else "fp32"
+    return resolve_precision(device, precision, "train.precision")
 
 
 # oneDNN keeps up to 1024 compiled bf16 kernels, one per input shape, each holding its own

@@ -20,6 +20,7 @@ from seq2seq.data.prepare import load_codecs
 from seq2seq.data.records import Rendering, SourceCut
 from seq2seq.data.tokenizers import TextCodec
 from seq2seq.data.vocab import BOS, EOS, PAD, SPECIALS
+from seq2seq.devices import resolve_precision
 from seq2seq.errors import CheckpointError, ConfigError
 from seq2seq.inference.ct2.export import require_ctranslate2
 from seq2seq.inference.engine import (
@@ -110,7 +111,8 @@ class CTranslate2Translator(PhasedEngine):
             device: ``cpu``, ``cuda`` or ``auto``.
             compute_type: CTranslate2's arithmetic: ``int8``, ``float32``, ``int8_float16``...;
                 None follows the decode settings, as natively: ``int8`` for
-                ``quantize: int8``, ``bfloat16`` for ``precision: bf16``, else ``float32``.
+                ``quantize: int8``, ``bfloat16`` for ``precision: bf16`` (and ``auto``
+                where the device computes bf16 natively), else ``float32``.
             threads: CPU threads per translation; 0 lets CTranslate2 choose.
 
         Raises:
@@ -130,7 +132,7 @@ class CTranslate2Translator(PhasedEngine):
             decode = cfg.replace(decode=decode).decode if decode else cfg.decode
         codecs = load_codecs(cfg.data, export)
         if compute_type is None:
-            compute_type = compute_type_for(decode)
+            compute_type = compute_type_for(decode, device)
         translator = _load_translator(ct2, export.path, device, compute_type, threads)
         cut, rendering = SourceCut.of(cfg.data, codecs[0]), Rendering.of(cfg.data)
         return cls(translator, *codecs, decode, cfg.model.max_positions, cut, rendering)
@@ -287,11 +289,16 @@ class CTranslate2Translator(PhasedEngine):
             raise ConfigError(f"CTranslate2 cannot decode with these settings: {err}") from None
 
 
-def compute_type_for(decode: DecodeConfig) -> str:
-    """CTranslate2's compute type for native decode settings (int8, bf16 or fp32)."""
+def compute_type_for(decode: DecodeConfig, device: str = "cpu") -> str:
+    """CTranslate2's compute type for native decode settings (int8, bf16 or fp32;
+    ``precision: auto`` is bf16 where ``device``, ``cpu``, ``cuda`` or ``auto``,
+    computes it natively)."""
     if decode.quantize == "int8":
         return "int8"
-    return "bfloat16" if decode.precision == "bf16" else "float32"
+    on_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    where = torch.device("cuda" if on_cuda else "cpu")
+    precision = resolve_precision(where, decode.precision, "decode.precision")
+    return "bfloat16" if precision == "bf16" else "float32"
 
 
 def _with_eos_column(rows: list[list[float]], steps: int, src_len: int) -> torch.Tensor:
