@@ -20,7 +20,7 @@ from seq2seq.data.corpus import ParallelText, read_parallel
 from seq2seq.data.prepare import load_split, load_training
 from seq2seq.data.records import Record, Rendering
 from seq2seq.data.stream import CorpusStream
-from seq2seq.errors import DataError
+from seq2seq.errors import ConfigError, DataError
 from seq2seq.inference import Translation, Translator, evaluate
 from seq2seq.inference.engine import check_symbols
 from seq2seq.inference.evaluate import check_metrics
@@ -134,16 +134,21 @@ class Seq2Seq:
         *,
         tgt_lang: str | None = None,
         task: str | None = None,
+        constraints: Sequence[Sequence[str]] | None = None,
         **decode,
     ) -> list[str]:
         """Translate raw sentences to detokenized text.
 
         ``tgt_lang`` (``"de"``) and ``task`` choose the output language and the task of
         a model trained with language or task tags (``data.lang_tags``/``task_tags``).
-        Other keyword arguments override the config's ``decode`` settings for this call,
-        e.g. ``predict(texts, method="beam", beam_size=5)``.
+        ``constraints`` gives each text the phrases its output must contain (with beam
+        search: ``predict(texts, constraints=[["Hund"]], method="beam")``). Other keyword
+        arguments override the config's ``decode`` settings for this call, e.g.
+        ``predict(texts, method="beam", beam_size=5)``.
         """
-        results = self.translate(texts, tgt_lang=tgt_lang, task=task, **decode)
+        results = self.translate(
+            texts, tgt_lang=tgt_lang, task=task, constraints=constraints, **decode
+        )
         return [r.text for r in results]
 
     def translate(
@@ -153,14 +158,26 @@ class Seq2Seq:
         *,
         tgt_lang: str | None = None,
         task: str | None = None,
+        constraints: Sequence[Sequence[str]] | None = None,
         **decode,
     ) -> list[Translation]:
         """Like :meth:`predict`, with scores, n-best lists, tokens and (on request) the
         attention weights ``[output tokens, source tokens]`` of each sentence."""
+        if constraints is not None and any(isinstance(c, str) for c in constraints):
+            raise ConfigError(
+                "constraints: one list of phrases per text, e.g. [['Hund'], []] for two texts"
+            )
+        phrases = None if constraints is None else [list(c) for c in constraints]
         return (
             self._require()
             .configure(**decode)
-            .translate(list(texts), attention=attention, tgt_lang=tgt_lang, task=task)
+            .translate(
+                list(texts),
+                attention=attention,
+                tgt_lang=tgt_lang,
+                task=task,
+                constraints=phrases,
+            )
         )
 
     def score(

@@ -129,6 +129,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
         progress=args.input is not None,
         tgt_lang=args.tgt_lang,
         task=args.task,
+        constraints=_constraints(args, texts),
     )
     if translator.decode.n_best > 1:  # n-best lines: index ||| text ||| score
         lines = [
@@ -144,6 +145,28 @@ def cmd_translate(args: argparse.Namespace) -> None:
         sys.stdout.write("".join(line + "\n" for line in lines))
     if args.attention:
         _plot_attention(results, Path(args.attention))
+
+
+def _constraints(args: argparse.Namespace, texts: list[str]) -> list[list[str]] | None:
+    """Each text's phrases: the ``--constraint`` ones, then its line of ``--constraints``.
+
+    Raises:
+        DataError: a constraints file whose lines do not match the input's.
+    """
+    if not args.constraint and args.constraints is None:
+        return None
+    per_line = [[] for _ in texts]
+    if args.constraints is not None:
+        from seq2seq.data.corpus import read_lines
+
+        lines = read_lines(args.constraints)
+        if len(lines) != len(texts):
+            raise DataError(
+                f"--constraints {args.constraints}: {len(lines)} lines, but the input has "
+                f"{len(texts)}; give one line of tab-separated phrases per input line"
+            )
+        per_line = [[p for p in line.split("\t") if p.strip()] for line in lines]
+    return [[*args.constraint, *mine] for mine in per_line]
 
 
 def _plot_attention(results, directory: Path) -> None:
@@ -477,6 +500,19 @@ def _add_decoding_commands(sub) -> None:
     p.add_argument("-i", "--input", help="input file, one sentence a line (default: stdin)")
     p.add_argument("-o", "--output", help="output file (default: stdout)")
     p.add_argument("--attention", metavar="DIR", help="write one attention heatmap per sentence")
+    g = p.add_argument_group("lexical constraints (beam search: every output contains them)")
+    g.add_argument(
+        "--constraint",
+        action="append",
+        default=[],
+        metavar="PHRASE",
+        help="a phrase every output must contain (repeat it for several)",
+    )
+    g.add_argument(
+        "--constraints",
+        metavar="FILE",
+        help="each input line's own phrases: one line per input line, tab-separated",
+    )
     _add_tag_args(p)
     _add_decode_args(p)
     p.set_defaults(func=cmd_translate)

@@ -32,6 +32,9 @@ from seq2seq.search import Hypothesis
 
 log = logging.getLogger("seq2seq")
 
+# Lexical constraints of a batch: per row, the phrases (target ids) its outputs contain.
+Constraints = list[list[list[int]]] | None
+
 
 @dataclass
 class Translation:
@@ -73,9 +76,11 @@ class Engine(Protocol):
         ...
 
     def decode_batch(
-        self, rows: list[list[int]], attention: bool = False
+        self, rows: list[list[int]], attention: bool = False, constraints: Constraints = None
     ) -> list[list[Hypothesis]]:
-        """Hypotheses of each (non-empty) row, best first; attention ``[steps, src_len + 1]``."""
+        """Hypotheses of each (non-empty) row, best first; attention ``[steps, src_len + 1]``.
+
+        ``constraints``: per row, target-id phrases every output must contain."""
         ...
 
     def finish(self, src_ids: list[int], hyps: list[Hypothesis]) -> Translation: ...
@@ -102,6 +107,7 @@ class Engine(Protocol):
         progress: bool = False,
         tgt_lang: str | None = None,
         task: str | None = None,
+        constraints: list[list[str]] | None = None,
     ) -> list[Translation]: ...
 
     def __call__(self, texts: list[str]) -> list[str]: ...
@@ -154,19 +160,55 @@ class PhasedEngine:
         progress: bool = False,
         tgt_lang: str | None = None,
         task: str | None = None,
+        constraints: list[list[str]] | None = None,
     ) -> list[Translation]:
         """Translate raw sentences; outputs come back in input order.
 
         Empty or whitespace-only inputs give empty outputs (line alignment is kept).
         ``tgt_lang``/``task`` choose the output language and task of a run trained with
-        ``data.lang_tags``/``data.task_tags``.
+        ``data.lang_tags``/``data.task_tags``. ``constraints`` gives each text the
+        phrases its output must contain (lexically constrained beam search).
+
+        Raises:
+            ConfigError: from :meth:`check_tags` and :meth:`constraint_ids`.
         """
         return translate_texts(
             self,  # type: ignore[arg-type]
             self.render(texts, tgt_lang=tgt_lang, task=task),
             attention=attention,
             progress=progress,
+            constraints=None if constraints is None else self.constraint_ids(constraints, texts),
         )
+
+    def constraint_ids(self, constraints: list[list[str]], texts: list[str]) -> Constraints:
+        """The target ids of each text's constraint phrases (tokenized as outputs are).
+
+        Raises:
+            ConfigError: a list per text that does not match the texts, an empty phrase,
+                or one the target vocabulary cannot represent (it would need ``<unk>``).
+        """
+        if len(constraints) != len(texts):
+            raise ConfigError(
+                f"constraints: {len(constraints)} lists of phrases for {len(texts)} texts"
+            )
+        encoded = []
+        for phrases in constraints:
+            row = []
+            for phrase in phrases:
+                ids = self.tgt_codec.encode(phrase)
+                if not ids:
+                    raise ConfigError("constraint '': a phrase needs at least one character")
+                if UNK in ids:
+                    unknown = [
+                        p for p in self.tgt_codec.pieces(phrase) if p not in self.tgt_codec.vocab
+                    ]
+                    raise ConfigError(
+                        f"constraint {phrase!r}: the target vocabulary cannot represent "
+                        f"{' '.join(unknown) or 'it'} (an output would need <unk>)"
+                    )
+                row.append(ids)
+            encoded.append(row)
+        return encoded
 
     def __call__(self, texts: list[str]) -> list[str]:
         return [t.text for t in self.translate(texts)]
@@ -232,9 +274,15 @@ def check_symbols(symbols: Iterable[str], known: Iterable[str], where: str) -> N
 
 
 def translate_texts(
-    engine: Engine, texts: list[str], *, attention: bool = False, progress: bool = False
+    engine: Engine,
+    texts: list[str],
+    *,
+    attention: bool = False,
+    progress: bool = False,
+    constraints: Constraints = None,
 ) -> list[Translation]:
-    """Translate model inputs (already rendered) with ``engine``, in input order.
+    """Translate model inputs (already rendered) with ``engine``, in input order;
+    ``constraints``: each text's target-id phrases, which its output must contain.
 
     Empty or whitespace-only inputs give empty outputs (line alignment is kept).
     """
@@ -243,7 +291,8 @@ def translate_texts(
     real = [i for i, text in enumerate(texts) if text.strip()]
     batches = [[real[j] for j in b] for b in engine.batches([rows[i] for i in real])]
     for index in tqdm(batches, disable=not progress, unit="batch", leave=False):
-        hyps = engine.decode_batch([rows[i] for i in index], attention)
+        wanted = None if constraints is None else [constraints[i] for i in index]
+        hyps = engine.decode_batch([rows[i] for i in index], attention, wanted)
         for i, found in zip(index, hyps, strict=True):
             results[i] = engine.finish(rows[i], found)
     return results

@@ -25,8 +25,10 @@ from seq2seq.data.records import Rendering, SourceCut
 from seq2seq.data.tokenizers import TextCodec
 from seq2seq.data.vocab import BOS, EOS, PAD
 from seq2seq.devices import pick_device
+from seq2seq.errors import ConfigError
 from seq2seq.inference.compress import for_inference
 from seq2seq.inference.engine import (
+    Constraints,
     PhasedEngine,
     banned_ids,
     encode_source,
@@ -34,7 +36,15 @@ from seq2seq.inference.engine import (
 )
 from seq2seq.inference.loading import load_models
 from seq2seq.models.contract import Decoder
-from seq2seq.search import Ensemble, Hypothesis, Rules, beam_search, greedy, sample
+from seq2seq.search import (
+    Ensemble,
+    Hypothesis,
+    Rules,
+    beam_search,
+    constrained_beam_search,
+    greedy,
+    sample,
+)
 from seq2seq.search import score as forced_score
 
 log = logging.getLogger("seq2seq")
@@ -161,18 +171,44 @@ class Translator(PhasedEngine):
 
     @torch.no_grad()
     def decode_batch(
-        self, rows: list[list[int]], attention: bool = False
+        self, rows: list[list[int]], attention: bool = False, constraints: Constraints = None
     ) -> list[list[Hypothesis]]:
         """Run the configured search on non-empty source id rows; hypotheses per row, best
-        first."""
+        first (every one containing its row's ``constraints``, target-id phrases)."""
         src = collate(Examples(rows, []), list(range(len(rows)))).src.to(self.device)
-        return self.search(src, attention)
+        return self.search(src, attention, constraints)
 
     # ------------------------------------------------------------------ search
 
-    def search(self, src: torch.Tensor, attention: bool = False) -> list[list[Hypothesis]]:
-        """Run the configured search on padded source ids; hypotheses per row, best first."""
+    def search(
+        self, src: torch.Tensor, attention: bool = False, constraints: Constraints = None
+    ) -> list[list[Hypothesis]]:
+        """Run the configured search on padded source ids; hypotheses per row, best first.
+
+        Raises:
+            ConfigError: constraints with another method than beam search, or that
+                cannot fit a row's output length limit.
+        """
         d = self.decode
+        if constraints is not None and any(constraints):
+            if d.method != "beam":
+                raise ConfigError(
+                    f"lexical constraints need beam search, not {d.method}: add --beam K "
+                    "(decode.method: beam)"
+                )
+            try:
+                return constrained_beam_search(
+                    self.model,
+                    src,
+                    self.rules,
+                    constraints,
+                    beam_size=d.beam_size,
+                    n_best=d.n_best,
+                    alpha=d.length_penalty,
+                    keep_attention=attention,
+                )
+            except ValueError as err:
+                raise ConfigError(f"constraints: {err}") from None
         if d.method == "beam":
             return beam_search(
                 self.model,

@@ -7,6 +7,7 @@ search serve the GRU and Transformer models, and ensembles of them, alike.
 
 from seq2seq.search.beam import beam_search, length_penalty
 from seq2seq.search.common import Hypothesis, Rules
+from seq2seq.search.constrained import constrained_beam_search
 from seq2seq.search.ensemble import Ensemble, score
 from seq2seq.search.greedy import greedy, sample
 
@@ -15,6 +16,7 @@ __all__ = [
     "Hypothesis",
     "Rules",
     "beam_search",
+    "constrained_beam_search",
     "greedy",
     "length_penalty",
     "sample",

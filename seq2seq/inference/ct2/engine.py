@@ -24,6 +24,7 @@ from seq2seq.devices import resolve_precision
 from seq2seq.errors import CheckpointError, ConfigError
 from seq2seq.inference.ct2.export import require_ctranslate2
 from seq2seq.inference.engine import (
+    Constraints,
     PhasedEngine,
     banned_ids,
     encode_source,
@@ -175,15 +176,21 @@ class CTranslate2Translator(PhasedEngine):
         return [sorted(range(len(rows)), key=lambda i: len(rows[i]))] if rows else []
 
     def decode_batch(
-        self, rows: list[list[int]], attention: bool = False
+        self, rows: list[list[int]], attention: bool = False, constraints: Constraints = None
     ) -> list[list[Hypothesis]]:
-        """Decode non-empty source id rows in one ``translate_batch`` call.
+        """Decode non-empty source id rows in one ``translate_batch`` call (lexical
+        ``constraints`` are the native engine's only: refused here).
 
         It runs under the longest row's output limit; outputs over their own limit are
         cut to it (and rescored), which is what greedy search would give. With
         ``attention``, the best hypothesis carries the last decoder layer's
         cross-attention (head average), ``[steps, source tokens + </s>]``.
         """
+        if constraints is not None and any(constraints):
+            raise ConfigError(
+                "lexical constraints: the CTranslate2 engine has none; decode with the "
+                "native engine (--engine native)"
+            )
         self._seed_once()
         vocab = self.src_codec.vocab
         pieces = [[vocab.piece(i) for i in row] for row in rows]
