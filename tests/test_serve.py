@@ -377,3 +377,23 @@ def test_two_models_and_a_clear_startup_error(run, reverse_runs, tmp_path, capsy
     assert "must be at least 0.001" in cli_error(
         ["serve", run, "--timeout", "0"], capsys, usage=True
     )
+
+
+def test_constraints_per_text_are_met_and_bad_ones_are_422(server) -> None:
+    texts = [SOURCES[0], "", SOURCES[1]]
+    wanted = [["z"], ["q"], ["7 7"]]
+    results = translated(server, texts=texts, beam=3, constraints=wanted)
+    assert results[1]["output"] == ""  # an empty text: an empty output, its phrases unused
+    for result, phrases in ((results[0], wanted[0]), (results[2], wanted[2])):
+        assert all(f" {p} " in f" {result['output']} " for p in phrases), result
+    plain = translated(server, texts=[SOURCES[0]], beam=3)
+    assert "z" not in plain[0]["output"].split()  # it was the constraint that put it there
+    for body, message in [
+        ({"texts": ["a"], "constraints": [["b"]]}, "need beam search"),
+        ({"texts": ["a"], "beam": 2, "constraints": [["ü"]]}, "cannot represent"),
+        ({"texts": ["a"], "beam": 2, "constraints": [["b"], ["c"]]}, "2 lists of phrases"),
+        ({"texts": ["a"], "beam": 2, "constraints": [["b c d e f g h"]]}, "need 7 output"),
+    ]:
+        response = post(server, "/v1/translate", body)
+        assert response.status_code == 422, response.text
+        assert message in response.json()["error"], response.json()

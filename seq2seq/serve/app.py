@@ -125,8 +125,11 @@ def create_app(models: dict[str, ServedModel], limits: Limits | None = None) -> 
         rows = engine.encode(texts)
         real = [i for i, text in enumerate(texts) if text.strip()]
         _check_lengths(served.engine.decode, engine.decode, [rows[i] for i in real], limits)
+        wanted = _constraints(engine, body, texts, real)
         try:
-            future = state["batcher"].submit(engine, [rows[i] for i in real], body.attention)
+            future = state["batcher"].submit(
+                engine, [rows[i] for i in real], body.attention, wanted
+            )
         except QueueFull as err:
             busy = f"the server is busy: {err}; try again"
             raise ApiError(503, busy, None, **{"Retry-After": "1"}) from None
@@ -240,6 +243,19 @@ def _engine(served: ServedModel, body: TranslateRequest, limits: Limits):
     if body.attention and not engine.has_attention:
         raise ApiError(422, f"model {served.name!r} has no attention to return", "attention")
     return engine
+
+
+def _constraints(engine, body: TranslateRequest, texts: list[str], real: list[int]):
+    """The target ids of the non-empty texts' constraint phrases (None without any)."""
+    if body.constraints is None:
+        return None
+    if engine.decode.method != "beam":
+        raise ApiError(422, "lexical constraints need beam search: set beam", "constraints")
+    try:
+        encoded = engine.constraint_ids(body.constraints, texts)
+    except Seq2SeqError as err:
+        raise ApiError(422, str(err), "constraints") from None
+    return [encoded[i] for i in real]
 
 
 def _render(engine, texts: list[str], tgt_lang: str | None, task: str | None) -> list[str]:

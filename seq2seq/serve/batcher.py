@@ -27,6 +27,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from seq2seq.inference import Engine, Translation
+from seq2seq.inference.engine import Constraints
 
 log = logging.getLogger("seq2seq")
 
@@ -42,6 +43,7 @@ class Job:
     engine: Engine  # the request's settings: one engine per set of decode settings
     rows: list[list[int]]
     attention: bool
+    constraints: Constraints = None  # per row, target-id phrases its outputs contain
     future: Future = field(default_factory=Future)  # -> list[Translation], row order
     arrived: float = field(default_factory=time.monotonic)
 
@@ -98,13 +100,20 @@ class Batcher:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, engine: Engine, rows: list[list[int]], attention: bool = False) -> Future:
-        """Queue one request's rows; the future gets their translations in row order.
+    def submit(
+        self,
+        engine: Engine,
+        rows: list[list[int]],
+        attention: bool = False,
+        constraints: Constraints = None,
+    ) -> Future:
+        """Queue one request's rows (and each row's lexical constraints); the future gets
+        their translations in row order.
 
         Raises:
             QueueFull: ``max_queue`` jobs wait already, or the batcher is closing.
         """
-        job = Job(engine, rows, attention)
+        job = Job(engine, rows, attention, constraints)
         if not rows:
             job.future.set_result([])
             return job.future
@@ -208,10 +217,14 @@ class Batcher:
         engine, attention = jobs[0].engine, jobs[0].attention
         owners = [(j, r) for j, job in enumerate(jobs) for r in range(len(job.rows))]
         rows = [jobs[j].rows[r] for j, r in owners]
+        wanted = None
+        if any(job.constraints for job in jobs):  # rows of jobs without any get none
+            wanted = [jobs[j].constraints[r] if jobs[j].constraints else [] for j, r in owners]
         out: list[list[Translation | None]] = [[None] * len(job.rows) for job in jobs]
         for batch in self._batches(engine, rows):
             self.observers.batch(len(batch))
-            hyps = engine.decode_batch([rows[i] for i in batch], attention)
+            mine = None if wanted is None else [wanted[i] for i in batch]
+            hyps = engine.decode_batch([rows[i] for i in batch], attention, mine)
             for i, found in zip(batch, hyps, strict=True):
                 j, r = owners[i]
                 out[j][r] = engine.finish(rows[i], found)

@@ -20,6 +20,10 @@ class TranslateRequest(BaseModel):
     attention: bool = Field(False, description="also return tokens and the attention matrix")
     tgt_lang: str | None = Field(None, description="output language of a multilingual model")
     task: str | None = Field(None, description="task of a multi-task model")
+    constraints: list[list[str]] | None = Field(
+        None,
+        description="per text, phrases its output must contain (beam search, native engine)",
+    )
     decode: dict[str, Any] = Field(
         default_factory=dict,
         description='other decode settings, e.g. {"length_penalty": 0.6, "top_p": 0.9}',
