@@ -182,6 +182,10 @@ def test_constraint_errors_name_the_problem(reverse_translators):
         beam.translate(["a b"], constraints=[["a"], ["b"]])
     with pytest.raises(ConfigError, match="constraints: source 1: its constraints need"):
         beam.translate(["a"], constraints=[["a b c d e f g h"]])
+    with pytest.raises(ConfigError, match="constraint 'b </s>': </s> is a special symbol"):
+        beam.translate(["a b"], constraints=[["b </s>"]])
+    with pytest.raises(ConfigError, match=r"holds token\(s\) \[\d+\] that no output may"):
+        beam.configure(banned=("b",)).translate(["a b"], constraints=[["b"]])
 
 
 def test_predict_takes_constraints_per_text(reverse_runs):
@@ -208,3 +212,40 @@ def test_translate_command_reads_constraints_from_flags_and_a_file(
     phrases.write_text("q\n", encoding="utf-8")
     error = cli_error([*argv, "--constraints", phrases], capsys)
     assert "1 lines, but the input has 3" in error
+
+
+@pytest.mark.parametrize(
+    "arch,seed,phrases",
+    [
+        ("rnn", 1, [[3, 3, 4]]),  # a repeated prefix: "3 3 3 4" holds it
+        ("rnn", 0, [[3, 4], [3, 5]]),  # a shared first token
+        ("rnn", 0, [[3, 5], [3, 4]]),  # ... whichever comes first in the list
+        ("transformer", 0, [[3, 4], [4, 5]]),  # overlapping: "3 4 5" holds both
+        ("transformer", 1, [[4, 5], [5, 4, 3]]),
+        ("rnn", 2, [[5], [5, 3], [3, 5]]),  # a phrase inside another
+    ],
+)
+def test_overlapping_and_self_similar_phrases_are_found_exactly(arch, seed, phrases):
+    # the phrases fit the limit one after the other (see the module on overlaps)
+    model = _tiny_model(arch, seed)
+    src = torch.tensor([[5, 7, 4]])
+    rules = Rules(bos=BOS, eos=EOS, max_len_a=0.0, max_len_b=5, banned=(PAD, BOS))
+    best_score, best_tokens = _brute_force_best_with(model, src, rules, 5, phrases)
+    hyp = constrained_beam_search(model, src, rules, [phrases], beam_size=512, alpha=0.0)[0][0]
+    assert hyp.tokens == best_tokens
+    assert hyp.log_prob == pytest.approx(best_score, abs=1e-5)
+
+
+def test_constraints_no_output_can_meet_are_errors():
+    model = _tiny_model("rnn", 0)
+    src = torch.tensor([[5, 7, 4]])
+    with pytest.raises(ValueError, match=r"token\(s\) \[2\] that no output may produce"):
+        constrained_beam_search(model, src, RULES, [[[4, EOS]]])
+    banned = Rules(bos=BOS, eos=EOS, max_len_b=4, banned=(PAD, BOS, 4))
+    with pytest.raises(ValueError, match=r"token\(s\) \[4\]"):
+        constrained_beam_search(model, src, banned, [[[4]]])
+    no_repeat = Rules(bos=BOS, eos=EOS, max_len_b=6, banned=(PAD, BOS), no_repeat_ngram=1)
+    with pytest.raises(ValueError, match="no output contains every constraint under the"):
+        constrained_beam_search(model, src, no_repeat, [[[3, 3]]])
+    twice = constrained_beam_search(model, src, RULES, [[[4], [4]]], beam_size=2)
+    assert 4 in twice[0][0].tokens  # a phrase given twice needs one occurrence

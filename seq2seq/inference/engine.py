@@ -26,7 +26,7 @@ from tqdm import tqdm
 from seq2seq.config import Config, DecodeConfig, from_dict, to_dict
 from seq2seq.data.records import Record, Rendering, SourceCut, lang_tag, task_tag
 from seq2seq.data.tokenizers import TextCodec
-from seq2seq.data.vocab import EOS, SPECIALS, UNK, Vocab
+from seq2seq.data.vocab import BOS, EOS, PAD, SPECIALS, UNK, Vocab
 from seq2seq.errors import ConfigError
 from seq2seq.search import Hypothesis
 
@@ -198,6 +198,13 @@ class PhasedEngine:
                 ids = self.tgt_codec.encode(phrase)
                 if not ids:
                     raise ConfigError("constraint '': a phrase needs at least one character")
+                vocab = self.tgt_codec.vocab
+                specials = [vocab.piece(i) for i in ids if i in (PAD, BOS, EOS)]
+                if specials:
+                    raise ConfigError(
+                        f"constraint {phrase!r}: {' '.join(specials)} is a special symbol, "
+                        "never part of an output"
+                    )
                 if UNK in ids:
                     unknown = [
                         p for p in self.tgt_codec.pieces(phrase) if p not in self.tgt_codec.vocab

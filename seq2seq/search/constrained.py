@@ -4,21 +4,24 @@ Dynamic beam allocation (Post & Vilar 2018) with a vectorised constraint state (
 al. 2019), written against the decoding contract like :mod:`seq2seq.search.beam`,
 whose steps it shares (start, finalize, select and reorder). What differs:
 
-1. **expand**: each live hypothesis proposes its ``2k`` best tokens, plus the first
-   token of every constraint it has not met and the next token of the one it is in
-   the middle of, so that a constraint can always be entered or continued;
-2. **track**: every candidate's constraint state follows from its hypothesis's state
-   and the token (a phrase is met once all its tokens came one after the other; any
-   other token restarts the phrase it was in), and its *bank* is the number of
-   constraint tokens it has met;
+1. **expand**: each live hypothesis proposes its ``2k`` best tokens, plus the next
+   token of every phrase it has not met (and the first, to start it over), so that a
+   phrase can always be entered or continued;
+2. **track**: every phrase is matched on its own by a KMP automaton over the output,
+   so phrases may overlap and a repeated prefix is never lost; a candidate's *bank* is
+   the number of constraint tokens it has met (the met phrases, plus the longest
+   progress into an unmet one);
 3. **allocate**: the ``k`` places of a sentence's beam are shared among the banks
    ``0..T`` (``T``: its constraint tokens), the best of each bank first, places a bank
    cannot fill going to the best remaining candidates, so that hypotheses that have
    met more constraints survive next to more probable ones that met fewer.
 
-EOS is allowed once every constraint is met, and a candidate that could no longer fit
-its unmet constraint tokens before the length limit is dropped, so every finished
-hypothesis contains every phrase.
+EOS is allowed once every phrase is met, and a candidate that could no longer fit its
+unmet phrases before the length limit is dropped, so every finished hypothesis
+contains every phrase (a phrase given twice, or inside another, needs no occurrence of
+its own). That room is counted as if the unmet phrases did not overlap: an output that
+fits the limit only by overlapping them is not found, and phrases longer in all than
+the limit are refused up front.
 """
 
 from __future__ import annotations
@@ -40,78 +43,100 @@ from seq2seq.search.common import NEG_INF, Hypothesis, Rules
 Phrases = list[list[int]]  # one sentence's constraints, each a list of target ids
 
 
+def _failure(phrase: list[int]) -> list[int]:
+    """KMP's failure function: ``f[q]`` is the length of the longest proper prefix of
+    ``phrase[:q]`` that is also its suffix (where matching resumes after a mismatch)."""
+    f = [0] * (len(phrase) + 1)
+    k = 0
+    for q in range(1, len(phrase)):
+        while k and phrase[q] != phrase[k]:
+            k = f[k]
+        k += phrase[q] == phrase[k]
+        f[q + 1] = k
+    return f
+
+
 class _Tracker:
-    """Each live hypothesis's constraint state, and the candidates' next one.
+    """How far each live hypothesis is into each phrase, and the candidates' next state.
+
+    Every phrase is matched on its own, as a KMP automaton over the output so far: its
+    *progress* is the length of the longest prefix of the phrase that ends the output
+    (the phrase's length once it occurred anywhere: met, for good). Several phrases
+    progress at once, so phrases may overlap ("a b" and "b c" are both in "a b c").
 
     Per sentence (original batch row): ``tokens [B, C, P]`` its phrases padded with -1,
-    ``lengths [B, C]`` (0 for padding, which counts as met), ``total [B]``. Per live
-    hypothesis row: ``met [R, C]``, the phrase in progress ``doing [R]`` (-1: none) and
-    how many of its tokens came already ``done [R]``.
+    ``fail [B, C, P + 1]`` their failure functions, ``lengths [B, C]`` (0 for padding,
+    which counts as met). Per live hypothesis row: ``progress [R, C]``.
     """
 
     def __init__(self, phrases: list[Phrases], k: int, device: torch.device) -> None:
         batch = len(phrases)
         width = max(1, max(len(p) for p in phrases))
         longest = max(1, max((len(c) for p in phrases for c in p), default=1))
-        self.tokens = torch.full((batch, width, longest), -1, dtype=torch.long)
-        self.lengths = torch.zeros(batch, width, dtype=torch.long)
+        tokens = torch.full((batch, width, longest), -1, dtype=torch.long)
+        fail = torch.zeros(batch, width, longest + 1, dtype=torch.long)
+        lengths = torch.zeros(batch, width, dtype=torch.long)
         for b, sentence in enumerate(phrases):
             for c, phrase in enumerate(sentence):
-                self.tokens[b, c, : len(phrase)] = torch.tensor(phrase)
-                self.lengths[b, c] = len(phrase)
-        self.tokens, self.lengths = self.tokens.to(device), self.lengths.to(device)
+                tokens[b, c, : len(phrase)] = torch.tensor(phrase)
+                fail[b, c, : len(phrase) + 1] = torch.tensor(_failure(phrase))
+                lengths[b, c] = len(phrase)
+        self.tokens, self.fail = tokens.to(device), fail.to(device)
+        self.lengths = lengths.to(device)
         self.total = self.lengths.sum(1)
-        rows = batch * k
-        self.met = self.lengths.eq(0).repeat_interleave(k, 0)  # [R, C]
-        self.doing = torch.full((rows,), -1, dtype=torch.long, device=device)
-        self.done = torch.zeros(rows, dtype=torch.long, device=device)
+        self.progress = torch.zeros(batch * k, width, dtype=torch.long, device=device)
+
+    def _advance(self, tokens, fail, lengths, cand) -> torch.Tensor:
+        """Every phrase's progress after each candidate token: ``[R, M, C]``."""
+        rows, width = cand.shape
+        phrases, longest = tokens.size(1), tokens.size(2)
+        shape = (rows, width, phrases, longest)
+        tokens = tokens.unsqueeze(1).expand(*shape)
+        fail = fail.unsqueeze(1).expand(rows, width, phrases, longest + 1)
+        q = self.progress.unsqueeze(1).expand(rows, width, phrases)
+        met = q.eq(lengths.unsqueeze(1))
+        x = cand.unsqueeze(2)
+
+        def at(q: torch.Tensor) -> torch.Tensor:  # the phrase's token at position q
+            return tokens.gather(3, q.clamp(max=longest - 1).unsqueeze(3)).squeeze(3)
+
+        for _ in range(longest):  # follow failure links while the token does not match
+            back = q.gt(0) & at(q).ne(x)
+            q = torch.where(back, fail.gather(3, q.unsqueeze(3)).squeeze(3), q)
+        q = q + at(q).eq(x).long()
+        return torch.where(met, lengths.unsqueeze(1), q)
 
     def candidates(
         self, beams: _Beams, log_probs: torch.Tensor, rules: Rules, t: int
-    ) -> tuple[_Candidates, _Candidates, tuple[torch.Tensor, ...]]:
+    ) -> tuple[_Candidates, _Candidates, torch.Tensor]:
         """The candidates to finalize (``k`` per sentence, allocated over all), the next
-        beam's (``k``, allocated over those that do not end), and the beam's states."""
+        beam's (``k``, allocated over those that do not end), and the beam's progress."""
         live, k = beams.scores.shape
-        rows = live * k
-        sentence = torch.tensor(beams.sentences, device=log_probs.device).repeat_interleave(k)
-        tokens, lengths, total = self.tokens[sentence], self.lengths[sentence], self.total[sentence]
-        firsts = tokens[:, :, 0]  # [R, C]
-        index = torch.arange(rows, device=log_probs.device)
-        doing = self.doing.ge(0)
-        following = torch.where(doing, tokens[index, self.doing.clamp(min=0), self.done], -1)
-        c_index = torch.arange(tokens.size(1), device=log_probs.device)
-        entering = torch.where(~self.met & c_index.ne(self.doing.unsqueeze(1)), firsts, -1)
+        device = log_probs.device
+        sentence = torch.tensor(beams.sentences, device=device)
+        row_sentence = sentence.repeat_interleave(k)
+        tokens, fail = self.tokens[row_sentence], self.fail[row_sentence]
+        lengths, total = self.lengths[row_sentence], self.total[row_sentence]
+        unmet = self.progress.lt(lengths)
+        # each unmet phrase's next token, and its first (to start it over)
+        following = tokens.gather(2, self.progress.clamp(max=tokens.size(2) - 1).unsqueeze(2))
+        following = torch.where(unmet, following.squeeze(2), -1)
+        restarting = torch.where(unmet & self.progress.gt(0), tokens[:, :, 0], -1)
         best = log_probs.topk(min(2 * k, log_probs.size(1)), dim=1).indices
-        cand = torch.cat([best, entering, following.unsqueeze(1)], dim=1)  # [R, M]
+        cand = torch.cat([best, following, restarting], dim=1)  # [R, M]
         width = cand.size(1)
-        earlier = torch.ones(width, width, dtype=torch.bool, device=cand.device).tril(-1)
+        earlier = torch.ones(width, width, dtype=torch.bool, device=device).tril(-1)
         repeated = (cand.unsqueeze(2).eq(cand.unsqueeze(1)) & earlier).any(-1)
-        valid = cand.ge(0) & ~repeated
         scores = beams.scores.view(-1, 1) + log_probs.gather(1, cand.clamp(min=0)).float()
-        # the constraint state after each candidate
-        goes_on = doing.unsqueeze(1) & cand.eq(following.unsqueeze(1))  # [R, M]
-        doing_length = lengths.gather(1, self.doing.clamp(min=0).unsqueeze(1))  # [R, 1]
-        finishes = goes_on & (self.done + 1).unsqueeze(1).eq(doing_length)
-        match = ~self.met.unsqueeze(1) & firsts.unsqueeze(1).eq(cand.unsqueeze(2))  # [R, M, C]
-        enters = ~goes_on & match.any(-1)
-        entered = match.long().argmax(-1)  # the first phrase it starts
-        entered_length = lengths.gather(1, entered)
-        one_token = enters & entered_length.eq(1)
-        met = self.met.unsqueeze(1).expand(-1, width, -1).clone()
-        c_count = tokens.size(1)
-        met |= finishes.unsqueeze(2) & F.one_hot(self.doing.clamp(min=0), c_count).bool().unsqueeze(
-            1
-        )
-        met |= one_token.unsqueeze(2) & F.one_hot(entered, c_count).bool()
-        middle = goes_on & ~finishes
-        starts = enters & ~one_token
-        new_doing = torch.where(middle, self.doing.unsqueeze(1), torch.where(starts, entered, -1))
-        new_done = torch.where(middle, (self.done + 1).unsqueeze(1), starts.long())
-        bank = (met.long() * lengths.unsqueeze(1)).sum(-1) + new_done  # tokens met
-        unmet = total.unsqueeze(1) - bank
+        progress = self._advance(tokens, fail, lengths, cand)  # [R, M, C]
+        lengths_m = lengths.unsqueeze(1)
+        met = progress.eq(lengths_m)
+        # tokens still needed at most: the unmet phrases whole, less the longest progress
+        needed = (lengths_m * ~met).sum(-1) - (progress * ~met).amax(-1)
+        bank = total.unsqueeze(1) - needed
         limits = beams.limits.repeat_interleave(k).unsqueeze(1)
         is_eos = cand.eq(rules.eos)
-        ok = valid & ~(is_eos & unmet.gt(0)) & unmet.le(limits - (t + 1))
+        ok = cand.ge(0) & ~repeated & ~(is_eos & needed.gt(0)) & needed.le(limits - (t + 1))
         scores = scores.masked_fill(~ok, NEG_INF)
         ending = is_eos | limits.le(t + 1)
 
@@ -119,28 +144,25 @@ class _Tracker:
             return x.reshape(live, k * width, *x.shape[2:])
 
         # (a slot without a candidate carries a harmless token: it is never read)
-        flat = [per_sentence(x) for x in (scores, bank, ending, cand.clamp(min=0))]
-        s_scores, s_bank, s_ending, s_token = flat
-        source = torch.arange(k * width, device=cand.device).div(width, rounding_mode="floor")
+        s_scores, s_bank, s_ending = (per_sentence(x) for x in (scores, bank, ending))
+        s_token = per_sentence(cand.clamp(min=0))
+        source = torch.arange(k * width, device=device).div(width, rounding_mode="floor")
         source = source.expand(live, -1)
-        banks = self.total[torch.tensor(beams.sentences, device=cand.device)] + 1
+        banks = self.total[sentence] + 1
         picked = _allocate(s_scores, s_bank, banks, k)
         to_finish = _gathered(picked, s_scores, source, s_token, s_ending)
-        going = _allocate(s_scores.masked_fill(s_ending, NEG_INF), s_bank, banks, k)
-        to_keep = _gathered(going, s_scores.masked_fill(s_ending, NEG_INF), source, s_token, None)
-        states = tuple(
-            per_sentence(x).gather(
-                1, going.view(live, k, *([1] * (x.dim() - 2))).expand(live, k, *x.shape[2:])
-            )
-            for x in (met, new_doing, new_done)
-        )
-        return to_finish, to_keep, states
+        going_scores = s_scores.masked_fill(s_ending, NEG_INF)
+        going = _allocate(going_scores, s_bank, banks, k)
+        to_keep = _gathered(going, going_scores, source, s_token, None)
+        phrases = progress.size(2)
+        kept = per_sentence(progress).gather(
+            1, going.unsqueeze(2).expand(live, k, phrases)
+        )  # [L, k, C]
+        return to_finish, to_keep, kept
 
-    def follow(self, states: tuple[torch.Tensor, ...], keep: list[int]) -> None:
-        """Take the new beam's states, for the sentences that go on."""
-        met, doing, done = (s[keep] for s in states)
-        self.met = met.reshape(-1, met.size(-1))
-        self.doing, self.done = doing.reshape(-1), done.reshape(-1)
+    def follow(self, progress: torch.Tensor, keep: list[int]) -> None:
+        """Take the new beam's progress, for the sentences that go on."""
+        self.progress = progress[keep].reshape(-1, progress.size(-1))
 
 
 def _allocate(
@@ -168,7 +190,7 @@ def _allocate(
     keep = tier.argsort(dim=1, stable=True)[:, :k]
     picked = order.gather(1, keep)
     return picked[
-        torch.arange(picked.size(0)).unsqueeze(1),
+        torch.arange(picked.size(0), device=picked.device).unsqueeze(1),
         scores.gather(1, picked).argsort(dim=1, descending=True, stable=True),
     ]
 
@@ -188,6 +210,16 @@ def _gathered(
     return _Candidates(
         scores.gather(1, picked), source.gather(1, picked), token.gather(1, picked), ends
     )
+
+
+def _distinct(phrases: Phrases) -> Phrases:
+    """The phrases less repeats and those inside another (met whenever it is)."""
+    unique = [list(p) for p in dict.fromkeys(map(tuple, phrases))]
+
+    def inside(a: list[int], b: list[int]) -> bool:
+        return len(a) < len(b) and any(b[i : i + len(a)] == a for i in range(len(b) - len(a) + 1))
+
+    return [p for p in unique if not any(inside(p, q) for q in unique)]
 
 
 @torch.no_grad()
@@ -223,6 +255,16 @@ def constrained_beam_search(
         raise ValueError(f"{len(phrases)} constraint lists for {src.size(0)} sources")
     if any(not phrase for row in phrases for phrase in row):
         raise ValueError("an empty constraint: every phrase needs at least one token")
+    forbidden = {rules.bos, rules.eos, *rules.banned}
+    for row, sentence in enumerate(phrases):
+        for phrase in sentence:
+            if forbidden & set(phrase):
+                raise ValueError(
+                    f"source {row + 1}: a constraint holds token(s) "
+                    f"{sorted(forbidden & set(phrase))} that no output may produce (BOS, EOS "
+                    "or decode.banned)"
+                )
+    phrases = [_distinct(row) for row in phrases]
     beams = _start(model, src, rules, beam_size, keep_attention)
     for row, (sentence, limit) in enumerate(zip(phrases, beams.limits.tolist(), strict=True)):
         needed = sum(len(p) for p in sentence)
@@ -245,4 +287,11 @@ def constrained_beam_search(
         if not beams.sentences:
             break
         prev = beams.tokens[:, -1]
-    return finished.best()
+    found = finished.best()
+    stuck = [row + 1 for row, hyps in enumerate(found) if not hyps]
+    if stuck:
+        raise ValueError(
+            f"source {stuck[0]}: no output contains every constraint under the decode rules "
+            "(decode.banned, no_repeat_ngram, min_len and the length limit)"
+        )
+    return found
