@@ -247,7 +247,7 @@ def _engine(served: ServedModel, body: TranslateRequest, limits: Limits):
 
 def _constraints(engine, body: TranslateRequest, texts: list[str], real: list[int]):
     """The target ids of the non-empty texts' constraint phrases (None without any)."""
-    if body.constraints is None:
+    if body.constraints is None or not any(body.constraints):
         return None
     if engine.decode.method != "beam":
         raise ApiError(422, "lexical constraints need beam search: set beam", "constraints")
