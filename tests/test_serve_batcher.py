@@ -33,7 +33,7 @@ class RecordingEngine:
     def batches(self, rows: list[list[int]]) -> list[list[int]]:
         return [sorted(range(len(rows)), key=lambda i: len(rows[i]))]
 
-    def decode_batch(self, rows, attention=False):
+    def decode_batch(self, rows, attention=False, constraints=None):
         self.release.wait(10)
         self.calls.append(rows)
         if any(FAIL in row for row in rows):
