@@ -88,25 +88,33 @@ def _brute_force_best_with(model, src, rules, limit, phrases):
 
 
 @pytest.mark.parametrize(
-    "arch,seed,phrases",
+    "arch,seed,phrases,limit",
     [
-        ("rnn", 0, [[4]]),
-        ("rnn", 1, [[5, 3]]),
-        ("rnn", 2, [[3], [5]]),
-        ("transformer", 0, [[4, 4]]),
-        ("transformer", 1, [[5], [3, 4]]),
-        ("transformer", 2, [[3, 5]]),
+        ("rnn", 0, [[4]], 3),
+        ("rnn", 1, [[5, 3]], 3),
+        ("rnn", 2, [[3], [5]], 3),
+        ("transformer", 0, [[4, 4]], 3),
+        ("transformer", 1, [[5], [3, 4]], 3),
+        ("transformer", 2, [[3, 5]], 3),
+        ("rnn", 1, [[3, 3, 4]], 5),  # a repeated prefix: "3 3 3 4" holds it
+        ("rnn", 0, [[3, 4], [3, 5]], 5),  # a shared first token
+        ("rnn", 0, [[3, 5], [3, 4]], 5),  # ... whichever comes first in the list
+        ("transformer", 0, [[3, 4], [4, 5]], 5),  # overlapping: "3 4 5" holds both
+        ("transformer", 1, [[4, 5], [5, 4, 3]], 5),
+        ("rnn", 2, [[5], [5, 3], [3, 5]], 5),  # a phrase inside another
     ],
 )
-def test_full_width_constrained_beam_finds_the_best_constrained_output(arch, seed, phrases):
+def test_full_width_constrained_beam_finds_the_best_constrained_output(arch, seed, phrases, limit):
+    # the phrases fit the limit one after the other (see the module on overlaps)
     model = _tiny_model(arch, seed)
     src = torch.tensor([[5, 7, 4]])
-    rules = Rules(bos=BOS, eos=EOS, max_len_a=0.0, max_len_b=3, banned=(PAD, BOS))
-    best_score, best_tokens = _brute_force_best_with(model, src, rules, 3, phrases)
+    rules = Rules(bos=BOS, eos=EOS, max_len_a=0.0, max_len_b=limit, banned=(PAD, BOS))
+    best_score, best_tokens = _brute_force_best_with(model, src, rules, limit, phrases)
     # wide enough that every bank holds every prefix: nothing is pruned, the search is exact
-    hyp = constrained_beam_search(model, src, rules, [phrases], beam_size=64, alpha=0.0)[0][0]
-    assert hyp.tokens == best_tokens
-    assert hyp.log_prob == pytest.approx(best_score, abs=1e-5)
+    width = 64 if limit == 3 else 512
+    hyp = constrained_beam_search(model, src, rules, [phrases], beam_size=width, alpha=0.0)
+    assert hyp[0][0].tokens == best_tokens
+    assert hyp[0][0].log_prob == pytest.approx(best_score, abs=1e-5)
 
 
 def test_without_constraints_it_finds_what_beam_search_finds():
@@ -212,28 +220,6 @@ def test_translate_command_reads_constraints_from_flags_and_a_file(
     phrases.write_text("q\n", encoding="utf-8")
     error = cli_error([*argv, "--constraints", phrases], capsys)
     assert "1 lines, but the input has 3" in error
-
-
-@pytest.mark.parametrize(
-    "arch,seed,phrases",
-    [
-        ("rnn", 1, [[3, 3, 4]]),  # a repeated prefix: "3 3 3 4" holds it
-        ("rnn", 0, [[3, 4], [3, 5]]),  # a shared first token
-        ("rnn", 0, [[3, 5], [3, 4]]),  # ... whichever comes first in the list
-        ("transformer", 0, [[3, 4], [4, 5]]),  # overlapping: "3 4 5" holds both
-        ("transformer", 1, [[4, 5], [5, 4, 3]]),
-        ("rnn", 2, [[5], [5, 3], [3, 5]]),  # a phrase inside another
-    ],
-)
-def test_overlapping_and_self_similar_phrases_are_found_exactly(arch, seed, phrases):
-    # the phrases fit the limit one after the other (see the module on overlaps)
-    model = _tiny_model(arch, seed)
-    src = torch.tensor([[5, 7, 4]])
-    rules = Rules(bos=BOS, eos=EOS, max_len_a=0.0, max_len_b=5, banned=(PAD, BOS))
-    best_score, best_tokens = _brute_force_best_with(model, src, rules, 5, phrases)
-    hyp = constrained_beam_search(model, src, rules, [phrases], beam_size=512, alpha=0.0)[0][0]
-    assert hyp.tokens == best_tokens
-    assert hyp.log_prob == pytest.approx(best_score, abs=1e-5)
 
 
 def test_constraints_no_output_can_meet_are_errors():
