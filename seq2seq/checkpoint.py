@@ -4,6 +4,11 @@ A checkpoint holds the model weights under ``model.*``, optionally the optimizer
 tensors under ``optim.*``, and as string metadata the resolved config (YAML) and the
 trainer's state (JSON). Loading reads only tensors and strings, so a checkpoint from
 an untrusted source cannot run code.
+
+Two things keep the file small without changing what loading returns: a weight tied to
+another (shared embeddings) is stored once and named in the ``tied`` metadata, and a
+weight that is mostly zeros (a pruned one) is stored as a bit mask of its non-zeros
+plus their values (``sparse.mask.*``, ``sparse.values.*``, its shape in ``sparse``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -20,6 +26,7 @@ from seq2seq.errors import CheckpointError
 from seq2seq.files import atomic_write
 
 FORMAT = "seq2seq-checkpoint-v1"
+SPARSE_FROM = 0.25  # a weight with at least this share of zeros is stored sparsely
 
 
 @dataclass
@@ -36,14 +43,54 @@ class Checkpoint:
         return {k[len(prefix) :]: v for k, v in self.tensors.items() if k.startswith(prefix)}
 
 
-def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Copy tensors that share storage (tied weights): safetensors stores each once."""
-    seen, out = set(), {}
+def _stored(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors as the file holds them, and the metadata that restores the rest.
+
+    A tensor sharing storage with an earlier one (a tied weight) is not stored again;
+    a weight of two or more dimensions with at least ``SPARSE_FROM`` zeros is stored as
+    a packed bit mask (1 bit per entry) and its non-zero values.
+    """
+    out: dict[str, torch.Tensor] = {}
+    first: dict[tuple, str] = {}
+    tied: dict[str, str] = {}
+    sparse: dict[str, list[int]] = {}
     for name, t in tensors.items():
         t = t.detach().cpu().contiguous()
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel())
-        out[name] = t.clone() if key in seen else t
-        seen.add(key)
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel(), t.dtype, t.shape)
+        if key in first and t.numel():
+            tied[name] = first[key]
+            continue
+        first[key] = name
+        if t.dim() >= 2 and t.is_floating_point() and _zero_share(t) >= SPARSE_FROM:
+            keep = t.ne(0).flatten()
+            out[f"sparse.mask.{name}"] = torch.from_numpy(np.packbits(keep.numpy()))
+            out[f"sparse.values.{name}"] = t.flatten()[keep].clone()
+            sparse[name] = list(t.shape)
+        else:
+            out[name] = t
+    meta = {"tied": json.dumps(tied)} if tied else {}
+    if sparse:
+        meta["sparse"] = json.dumps(sparse)
+    return out, meta
+
+
+def _zero_share(t: torch.Tensor) -> float:
+    return float(t.eq(0).sum()) / max(t.numel(), 1)
+
+
+def _restored(tensors: dict[str, torch.Tensor], meta: dict) -> dict[str, torch.Tensor]:
+    """Undo :func:`_stored`: dense sparse weights, and tied names pointing at one tensor."""
+    out = {k: v for k, v in tensors.items() if not k.startswith("sparse.")}
+    for name, shape in json.loads(meta.get("sparse", "{}")).items():
+        numel = int(np.prod(shape))
+        bits = tensors[f"sparse.mask.{name}"].numpy()
+        keep = torch.from_numpy(np.unpackbits(bits, count=numel).astype(bool))
+        values = tensors[f"sparse.values.{name}"]
+        dense = values.new_zeros(numel)
+        dense[keep] = values
+        out[name] = dense.view(shape)
+    for name, source in json.loads(meta.get("tied", "{}")).items():
+        out[name] = out[source]
     return out
 
 
@@ -79,14 +126,16 @@ def save_checkpoint(
     weights = model if isinstance(model, dict) else model.state_dict()
     tensors = {f"model.{k}": v for k, v in weights.items()}
     meta = {"format": FORMAT, "config": config_text}
+    stored, layout = _stored(tensors)
+    meta.update(layout)
     if optimizer is not None:
         opt_tensors, opt_meta = _optimizer_tensors(optimizer)
-        tensors.update(opt_tensors)
+        stored.update({k: v.detach().cpu().contiguous() for k, v in opt_tensors.items()})
         meta["optimizer"] = json.dumps(opt_meta)
     if trainer is not None:
         meta["trainer"] = json.dumps(trainer)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: save_file(_unshared(tensors), tmp, metadata=meta))
+    atomic_write(path, lambda tmp: save_file(stored, tmp, metadata=meta))
 
 
 def _read_metadata(path: Path) -> dict:
@@ -107,8 +156,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         meta = _read_metadata(path)
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
+        tensors = _restored(load_file(str(path)), meta)
+    except (SafetensorError, OSError, ValueError, KeyError) as err:
         raise CheckpointError(
             f"{path}: not a readable checkpoint (truncated or corrupt?): {err}"
         ) from None
