@@ -371,6 +371,37 @@ def cmd_average(args: argparse.Namespace) -> None:
     print(f"averaged {', '.join(p.name for p in found[-args.last :])} -> {out}")
 
 
+def cmd_prune(args: argparse.Namespace) -> int | None:
+    from seq2seq.training.compress import Pruning, prune_run
+
+    pruning = Pruning(
+        args.method, args.sparsity, args.scope, args.heads, args.ff_dim, args.finetune_steps
+    )
+    progress = prune_run(args.run_dir, args.out, pruning, args.checkpoint)
+    if progress is not None and progress.stopped == "interrupted":
+        print(
+            f"interrupted: continue with seq2seq train {args.out}/config.yaml "
+            f"--resume --out {args.out}",
+            file=sys.stderr,
+        )
+        return 130
+    print(f"pruned run directory: {args.out}")
+    return None
+
+
+def cmd_distill(args: argparse.Namespace) -> int | None:
+    from seq2seq.config import load_config
+    from seq2seq.training.compress import distill
+
+    cfg = load_config(args.config, args.overrides)
+    progress = distill(args.teacher, cfg, args.out, beam=args.beam, resume=args.resume)
+    if progress.stopped == "interrupted":
+        print("interrupted: continue with the same command and --resume", file=sys.stderr)
+        return 130
+    print(f"student run directory: {args.out}")
+    return None
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from seq2seq.demo import run_demo
 
@@ -459,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_training_commands(sub) -> None:
-    """``train``, ``average`` and ``demo``."""
+    """``train``, ``average``, ``prune``, ``distill`` and ``demo``."""
     p = sub.add_parser("train", help="train a model from a YAML config")
     p.add_argument("config", help="YAML config file (see examples/)")
     p.add_argument(
@@ -481,6 +512,49 @@ def _add_training_commands(sub) -> None:
         "by translate/evaluate --checkpoint averaged)",
     )
     p.set_defaults(func=cmd_average)
+
+    p = sub.add_parser("prune", help="prune a trained run into a smaller one (then fine-tune)")
+    p.add_argument("run_dir", help="a run directory written by 'seq2seq train'")
+    p.add_argument("--out", required=True, help="the new run directory for the pruned model")
+    p.add_argument(
+        "--method",
+        choices=["magnitude", "structured"],
+        default="magnitude",
+        help="magnitude: zero the smallest weights (the file stores them sparsely); "
+        "structured: remove attention heads and feed-forward neurons (Transformer)",
+    )
+    p.add_argument(
+        "--sparsity", type=float, default=0.5, help="magnitude: share of weights zeroed (0.5)"
+    )
+    p.add_argument(
+        "--scope",
+        choices=["global", "layer"],
+        default="global",
+        help="magnitude: rank all weights together (global) or each matrix alike (layer)",
+    )
+    p.add_argument("--heads", type=_positive, help="structured: heads kept per layer (half)")
+    p.add_argument(
+        "--ff-dim", type=_positive, help="structured: feed-forward neurons kept per layer (half)"
+    )
+    p.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=0,
+        help="then train this many updates, continuing the run's data order and schedule",
+    )
+    p.add_argument("--checkpoint", default="best", help="best (default), last, averaged or a file")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser(
+        "distill", help="train a student config on a teacher run's translations (sequence-level KD)"
+    )
+    p.add_argument("teacher", help="the teacher's run directory")
+    p.add_argument("config", help="the student's YAML config (its data.train is translated)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.add_argument("--out", required=True, help="the student's run directory")
+    p.add_argument("--beam", type=_positive, default=5, help="the teacher's beam size (5)")
+    p.add_argument("--resume", action="store_true", help="continue the student's training")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("demo", help="train the built-in date task and show what it learned")
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
@@ -638,7 +712,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may follow options (train CONFIG --out DIR key=value): collect the rest.
     args, extra = parser.parse_known_args(argv)
-    if extra and (args.command != "train" or any(e.startswith("-") for e in extra)):
+    if extra and (
+        args.command not in ("train", "distill") or any(e.startswith("-") for e in extra)
+    ):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]

@@ -113,6 +113,8 @@ class ModelConfig:
     coverage: bool = _opt(False, family="rnn")  # RNN: attention sees what it attended to
     share_embeddings: bool = _opt(False, family="transformer")  # src = tgt = output
     heads: int = _opt(4, lo=1, family="transformer")  # attention heads
+    head_dim: int | None = _opt(None, lo=1, family="transformer")  # size of a head;
+    # None: hidden_dim / heads (set by structured pruning, which keeps fewer heads)
     ff_dim: int = _opt(1024, lo=1, family="transformer")  # feed-forward size
     norm: Literal["pre", "post"] = _opt("pre", family="transformer")  # layer-norm placement
     positions: Literal["sinusoidal", "learned"] = _opt(
@@ -184,6 +186,17 @@ class DecodeConfig:
 
 
 @dataclass(frozen=True)
+class PruneConfig:
+    """How the run's model was pruned (written by ``seq2seq prune``, not by hand)."""
+
+    method: Literal["none", "magnitude", "structured"] = "none"  # magnitude: its zeros
+    # stay zero while fine-tuning; structured: fewer heads and neurons (see model)
+    sparsity: float = _opt(0.0, lo=0.0, hi=1.0)  # magnitude: share of weights zeroed
+    scope: Literal["global", "layer"] = "global"  # magnitude: ranked together or per matrix
+    source: str | None = None  # the run directory it was pruned from
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run: data, model, training and decoding settings."""
 
@@ -191,6 +204,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
 
     def __post_init__(self) -> None:
         for problem in conflicts(self):

@@ -28,7 +28,7 @@ def model_conflicts(model: Any) -> list[str]:
     if model.arch == "transformer":
         checks = [
             (
-                model.hidden_dim % model.heads != 0,
+                model.head_dim is None and model.hidden_dim % model.heads != 0,
                 f"model.hidden_dim: {model.hidden_dim} is not divisible by "
                 f"model.heads={model.heads}",
             ),

@@ -9,6 +9,7 @@ A run directory holds everything a trained model needs later::
     last.safetensors              the latest one, with optimizer and trainer state
     step-00001000.safetensors     the last few validations' weights (for averaging)
     averaged.safetensors          written by ``seq2seq average``
+    teacher/                      a distilled student's teacher translations
     cache/                        tokenized data, reused on resume
     train.log, curves.png, tensorboard/
 
@@ -77,6 +78,20 @@ class RunDir:
     @property
     def tensorboard(self) -> Path:
         return self.path / "tensorboard"
+
+    @property
+    def teacher_dir(self) -> Path:
+        """A distilled student's teacher translations (``seq2seq distill``)."""
+        return self.path / "teacher"
+
+    @property
+    def teacher_outputs(self) -> Path:
+        return self.teacher_dir / "train.hyp"
+
+    @property
+    def teacher_key(self) -> Path:
+        """What made ``teacher_outputs``: teacher, checkpoint digest, beam, sources."""
+        return self.teacher_dir / "made_by.json"
 
     @property
     def ct2_model(self) -> Path:

@@ -344,7 +344,7 @@ def test_saved_config_keeps_resolved_paths(tmp_path: Path) -> None:
 
 def test_defaults_are_valid() -> None:
     raw = to_dict(Config())
-    assert set(raw) == {"data", "model", "train", "decode"}
+    assert set(raw) == {"data", "model", "train", "decode", "prune"}
     assert from_dict(raw).train == TrainConfig()
 
 

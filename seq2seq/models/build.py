@@ -73,12 +73,9 @@ def _transformer(cfg: ModelConfig, src_vocab: int, tgt_vocab: int, pad_id: int) 
     src_embed, tgt_embed = embeddings(src_vocab), embeddings(tgt_vocab)
     if cfg.share_embeddings:
         tgt_embed.tokens.weight = src_embed.tokens.weight
-    encoder = [
-        EncoderLayer(dim, cfg.heads, cfg.ff_dim, cfg.dropout, pre) for _ in range(cfg.enc_layers)
-    ]
-    decoder = [
-        DecoderLayer(dim, cfg.heads, cfg.ff_dim, cfg.dropout, pre) for _ in range(cfg.dec_layers)
-    ]
+    layer = (dim, cfg.heads, cfg.ff_dim, cfg.dropout, pre, cfg.head_dim)
+    encoder = [EncoderLayer(*layer) for _ in range(cfg.enc_layers)]
+    decoder = [DecoderLayer(*layer) for _ in range(cfg.dec_layers)]
     out = nn.Linear(dim, tgt_vocab, bias=False)
     if cfg.tie_embeddings or cfg.share_embeddings:
         out.weight = tgt_embed.tokens.weight

@@ -67,16 +67,22 @@ def _sinusoids(max_len: int, dim: int) -> torch.Tensor:
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention over ``scaled_dot_product_attention``."""
+    """Multi-head attention over ``scaled_dot_product_attention``.
 
-    def __init__(self, dim: int, heads: int, dropout: float):
+    ``head_dim`` defaults to ``dim / heads``; a structurally pruned model keeps its
+    heads' size with fewer heads (``heads * head_dim < dim``).
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float, head_dim: int | None = None):
         super().__init__()
-        if dim % heads:
+        if head_dim is None and dim % heads:
             raise ValueError(f"the model size {dim} is not divisible by {heads} heads")
         self.heads, self.dropout = heads, dropout
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(dim, 2 * dim)
-        self.out = nn.Linear(dim, dim)
+        self.head_dim = head_dim or dim // heads
+        inner = heads * self.head_dim
+        self.q = nn.Linear(dim, inner)
+        self.kv = nn.Linear(dim, 2 * inner)
+        self.out = nn.Linear(inner, dim)
 
     def split(self, x: torch.Tensor) -> torch.Tensor:
         # [batch, len, dim] -> [batch, heads, len, dim / heads]
@@ -107,7 +113,7 @@ class MultiHeadAttention(nn.Module):
             ctx = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal
             )
-        return self.out(ctx.transpose(1, 2).flatten(2))  # [batch, q_len, dim]
+        return self.out(ctx.transpose(1, 2).flatten(2))  # [batch, q_len, heads * dh] -> dim
 
     def _attend_with_dropout(self, q, k, v, mask, causal) -> torch.Tensor:
         # What SDPA's math path does with dropout_p > 0, with the cheaper dropout.
@@ -162,10 +168,18 @@ class Sublayer(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float, pre_norm: bool):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        ff_dim: int,
+        dropout: float,
+        pre_norm: bool,
+        head_dim: int | None = None,
+    ):
         super().__init__()
         self.attn, self.ff = (
-            MultiHeadAttention(dim, heads, dropout),
+            MultiHeadAttention(dim, heads, dropout, head_dim),
             FeedForward(dim, ff_dim, dropout),
         )
         self.sub = nn.ModuleList(Sublayer(dim, dropout, pre_norm) for _ in range(2))
@@ -176,10 +190,18 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float, pre_norm: bool):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        ff_dim: int,
+        dropout: float,
+        pre_norm: bool,
+        head_dim: int | None = None,
+    ):
         super().__init__()
-        self.self_attn = MultiHeadAttention(dim, heads, dropout)
-        self.cross_attn = MultiHeadAttention(dim, heads, dropout)
+        self.self_attn = MultiHeadAttention(dim, heads, dropout, head_dim)
+        self.cross_attn = MultiHeadAttention(dim, heads, dropout, head_dim)
         self.ff = FeedForward(dim, ff_dim, dropout)
         self.sub = nn.ModuleList(Sublayer(dim, dropout, pre_norm) for _ in range(3))
 

@@ -34,6 +34,7 @@ from seq2seq.data.batching import Batch, Examples, collate, token_batches
 from seq2seq.data.vocab import PAD
 from seq2seq.errors import ConfigError
 from seq2seq.models.contract import Seq2SeqModel
+from seq2seq.models.prune import zero_masks
 from seq2seq.rundir import RunDir
 from seq2seq.training.distributed import SINGLE, Ranks, job_id
 from seq2seq.training.loss import batch_loss
@@ -148,6 +149,7 @@ class Trainer:
             train, self.tc.batch_tokens, self.tc.pool_batches, self.tc.seed, weights
         )
         self._since_valid = [0.0, 0]  # summed training loss and target tokens
+        self._masks: list = []  # a magnitude-pruned model's zeros, kept zero (see _train)
         # Under torchrun a signal only asks to stop; the ranks agree on it at the next
         # step (``_asked``: this rank was signalled, ``_agreed``: some rank was).
         self._asked = self._agreed = False
@@ -208,6 +210,9 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        with torch.no_grad():
+            for param, mask in self._masks:  # pruned weights stay pruned
+                param.mul_(mask)
         return total
 
     def step(self) -> StepResult:
@@ -424,6 +429,8 @@ class Trainer:
 
     def _train(self) -> Progress:
         self.model.train()
+        if self.cfg.prune.method == "magnitude":  # fine-tuning a pruned model
+            self._masks = zero_masks(self.model)
         bar = tqdm(
             total=self.tc.max_steps,
             initial=self.progress.step,

@@ -153,14 +153,19 @@ def transformer_spec(
         CheckpointError: the model does not fit the spec (names what does not).
     """
     pre_norm = isinstance(model.enc_norm, nn.LayerNorm)
-    heads = model.encoder[0].attn.heads
-    spec = ct2.specs.TransformerSpec.from_config(
-        (len(model.encoder), len(model.decoder)),
-        heads,
-        pre_norm=pre_norm,
-        activation=ct2.specs.Activation.RELU,
-        alignment_layer=-1,  # like the native decoder: the last layer's cross-attention,
-        alignment_heads=0,  # averaged over all heads
+    attn = model.encoder[0].attn
+    shape = {"pre_norm": pre_norm, "activation": ct2.specs.Activation.RELU}
+    if attn.heads * attn.head_dim != model.src_embed.dim:  # structurally pruned: fewer heads
+        shape["head_dim"] = attn.head_dim
+    spec = ct2.specs.TransformerSpec(
+        ct2.specs.TransformerEncoderSpec(len(model.encoder), attn.heads, **shape),
+        ct2.specs.TransformerDecoderSpec(
+            len(model.decoder),
+            attn.heads,
+            alignment_layer=-1,  # like the native decoder: the last layer's cross-attention,
+            alignment_heads=0,  # averaged over all heads
+            **shape,
+        ),
     )
     _set_encoder(spec.encoder, model)
     _set_decoder(spec.decoder, model)

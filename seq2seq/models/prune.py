@@ -1,0 +1,155 @@
+"""Pruning: magnitude masks for any model, and structured shrinking of a Transformer.
+
+Unstructured (magnitude) pruning zeroes the smallest weights; the model keeps its
+shape, and the checkpoint stores the zeros as a bit mask (``checkpoint.py``), so the
+file shrinks. Structured pruning removes whole attention heads and feed-forward
+neurons: the result is a smaller dense Transformer that :func:`build_model` builds
+from the returned config, so everything that loads a model (decoding, CTranslate2
+export) takes it as is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+
+from seq2seq.config import ModelConfig
+from seq2seq.models.build import build_model
+from seq2seq.models.contract import Seq2SeqModel
+from seq2seq.models.transformer import FeedForward, MultiHeadAttention, TransformerSeq2Seq
+
+Scope = Literal["global", "layer"]
+
+
+def prunable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The weight matrices magnitude pruning acts on: every parameter of two or more
+    dimensions (linear layers, embeddings), each tied one once under its first name.
+    Biases and layer norms are left whole."""
+    seen: set[int] = set()
+    out = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if param.dim() >= 2 and id(param) not in seen:
+            seen.add(id(param))
+            out[name] = param
+    return out
+
+
+@torch.no_grad()
+def magnitude_prune(model: torch.nn.Module, sparsity: float, scope: Scope = "global") -> float:
+    """Zero the ``sparsity`` share of the smallest-magnitude prunable weights, in place.
+
+    ``global`` ranks all prunable weights together (class-blind, See et al. 2016);
+    ``layer`` prunes each weight matrix by the same share.
+
+    Returns:
+        The share of prunable weights that are zero afterwards.
+
+    Raises:
+        ValueError: a sparsity outside (0, 1).
+    """
+    if not 0.0 < sparsity < 1.0:
+        raise ValueError(f"sparsity must be between 0 and 1 (exclusive), got {sparsity}")
+    params = list(prunable(model).values())
+    if scope == "global":
+        magnitudes = torch.cat([p.detach().abs().flatten().float() for p in params])
+        cut = _threshold(magnitudes, sparsity)
+        for p in params:
+            p.mul_(p.abs().float().gt(cut).to(p.dtype))
+    else:
+        for p in params:
+            cut = _threshold(p.detach().abs().flatten().float(), sparsity)
+            p.mul_(p.abs().float().gt(cut).to(p.dtype))
+    zeros = sum(int(p.eq(0).sum()) for p in params)
+    return zeros / sum(p.numel() for p in params)
+
+
+def _threshold(magnitudes: torch.Tensor, sparsity: float) -> float:
+    """The magnitude at or below which ``sparsity`` of the entries lie."""
+    k = max(1, int(round(sparsity * magnitudes.numel())))
+    return float(magnitudes.kthvalue(k).values)
+
+
+def zero_masks(model: torch.nn.Module) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+    """Each prunable weight with a mask of its non-zero entries: what fine-tuning a
+    magnitude-pruned model keeps (the zeros stay zero)."""
+    return [(p, p.detach().ne(0)) for p in prunable(model).values() if bool(p.eq(0).any())]
+
+
+# ---------------------------------------------------------------------------- structured
+
+
+def shrink_transformer(
+    model: TransformerSeq2Seq, cfg: ModelConfig, heads: int, ff_dim: int
+) -> tuple[Seq2SeqModel, ModelConfig]:
+    """A smaller Transformer keeping the ``heads`` most important attention heads of
+    every attention layer and the ``ff_dim`` most important feed-forward neurons of
+    every layer; the rest of the weights are copied as they are.
+
+    Importance is magnitude-based: a head scores the norm of its value projection
+    times the norm of its slice of the output projection (its contribution to the
+    residual stream), a neuron the norm of its input row times its output column.
+
+    Returns:
+        ``(model, config)``: the config builds the smaller model (``heads``,
+        ``head_dim`` kept from the original, ``ff_dim``).
+
+    Raises:
+        ValueError: not a Transformer, or more heads or neurons than it has.
+    """
+    if not isinstance(model, TransformerSeq2Seq):
+        raise ValueError("structured pruning removes attention heads and neurons: a Transformer")
+    first = model.encoder[0].attn
+    if not 1 <= heads <= first.heads:
+        raise ValueError(f"cannot keep {heads} heads: the model has {first.heads} per layer")
+    inner = model.encoder[0].ff.inner.out_features
+    if not 1 <= ff_dim <= inner:
+        raise ValueError(f"cannot keep {ff_dim} feed-forward neurons: the model has {inner}")
+    small_cfg = dataclasses.replace(cfg, heads=heads, head_dim=first.head_dim, ff_dim=ff_dim)
+    small = build_model(small_cfg, model.src_vocab_size, model.tgt_vocab_size, model.pad_id)
+    weights = model.state_dict()
+    for name, module in model.named_modules():
+        if isinstance(module, MultiHeadAttention):
+            _slice_attention(weights, name, module, _top(_head_scores(module), heads))
+        elif isinstance(module, FeedForward):
+            _slice_ffn(weights, name, _top(_neuron_scores(module), ff_dim))
+    small.load_state_dict(weights)
+    return small, small_cfg
+
+
+def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest scores, in their original order."""
+    return scores.topk(k).indices.sort().values
+
+
+@torch.no_grad()
+def _head_scores(attn: MultiHeadAttention) -> torch.Tensor:
+    dh = attn.head_dim
+    values = attn.kv.weight[attn.heads * dh :].view(attn.heads, dh, -1)  # [heads, dh, dim]
+    outputs = attn.out.weight.view(-1, attn.heads, dh).transpose(0, 1)  # [heads, dim, dh]
+    return values.flatten(1).norm(dim=1) * outputs.flatten(1).norm(dim=1)
+
+
+@torch.no_grad()
+def _neuron_scores(ff: FeedForward) -> torch.Tensor:
+    return ff.inner.weight.norm(dim=1) * ff.outer.weight.norm(dim=0)  # [ff_dim]
+
+
+def _slice_attention(
+    weights: dict[str, torch.Tensor], name: str, attn: MultiHeadAttention, keep: torch.Tensor
+) -> None:
+    """Keep heads ``keep`` in the state dict entries of attention module ``name``."""
+    dh, heads = attn.head_dim, attn.heads
+    rows = (keep[:, None] * dh + torch.arange(dh)).flatten()  # the kept heads' features
+    kv_rows = torch.cat([rows, rows + heads * dh])  # keys, then values
+    for proj, index in (("q", rows), ("kv", kv_rows)):
+        weights[f"{name}.{proj}.weight"] = weights[f"{name}.{proj}.weight"][index]
+        weights[f"{name}.{proj}.bias"] = weights[f"{name}.{proj}.bias"][index]
+    weights[f"{name}.out.weight"] = weights[f"{name}.out.weight"][:, rows]
+
+
+def _slice_ffn(weights: dict[str, torch.Tensor], name: str, keep: torch.Tensor) -> None:
+    weights[f"{name}.inner.weight"] = weights[f"{name}.inner.weight"][keep]
+    weights[f"{name}.inner.bias"] = weights[f"{name}.inner.bias"][keep]
+    weights[f"{name}.outer.weight"] = weights[f"{name}.outer.weight"][:, keep]

@@ -1,0 +1,250 @@
+"""Smaller models from a trained run: pruning (then fine-tuning) and distillation.
+
+:func:`prune_run` writes a new run directory holding the pruned model; with
+fine-tuning steps it continues the source run's training (its data position, schedule
+and random state) from there, through the ordinary resume path, with the pruned
+weights and a fresh optimizer. :func:`distill` translates the training sources with a
+teacher run (beam search), keeps the translations in the student's run directory as
+they are made, and trains the student config on them (Kim & Rush 2016).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+from seq2seq.checkpoint import load_checkpoint, save_checkpoint
+from seq2seq.config import Config, dump_config
+from seq2seq.data.corpus import ParallelText
+from seq2seq.data.prepare import load_split, load_training
+from seq2seq.errors import CheckpointError, ConfigError, DataError
+from seq2seq.inference.engine import translate_texts
+from seq2seq.inference.loading import load_run
+from seq2seq.inference.translator import Translator
+from seq2seq.models.prune import magnitude_prune, shrink_transformer
+from seq2seq.rundir import RunDir
+from seq2seq.training import driver
+from seq2seq.training.loop import Progress
+from seq2seq.training.optim import build_optimizer
+
+log = logging.getLogger("seq2seq")
+TEACHER_CHUNK = 1000  # sentences translated between two appends to the teacher's file
+
+
+@dataclasses.dataclass(frozen=True)
+class Pruning:
+    """What :func:`prune_run` does.
+
+    Attributes:
+        method: ``magnitude`` (unstructured) or ``structured``.
+        sparsity: magnitude: the share of prunable weights zeroed, in (0, 1).
+        scope: magnitude: ``global`` (ranked together) or ``layer`` (each matrix alike).
+        heads: structured: attention heads kept per layer (None: half).
+        ff_dim: structured: feed-forward neurons kept per layer (None: half).
+        finetune_steps: updates of fine-tuning after pruning (0: none).
+    """
+
+    method: str = "magnitude"
+    sparsity: float = 0.5
+    scope: str = "global"
+    heads: int | None = None
+    ff_dim: int | None = None
+    finetune_steps: int = 0
+
+
+def prune_run(
+    source: str | Path, out: str | Path, pruning: Pruning, checkpoint: str = "best"
+) -> Progress | None:
+    """Prune the model of run ``source`` into the new run directory ``out``.
+
+    Returns:
+        The fine-tuning's progress, or None without fine-tuning.
+
+    Raises:
+        ConfigError: a run pruned already, a sparsity outside (0, 1), a structured
+            pruning of a recurrent model, or an ``out`` that holds a run.
+        CheckpointError: ``source`` is not a run, or fine-tuning asked of a run without
+            its ``last`` checkpoint.
+    """
+    src, dst = RunDir(source), RunDir(out)
+    cfg, model, _ = load_run(src.path, checkpoint)
+    if cfg.prune.method != "none":
+        origin = f" from {cfg.prune.source}" if cfg.prune.source else ""
+        raise ConfigError(
+            f"{src}: this run was pruned already ({_described(cfg)}{origin}); prune the "
+            "original run instead, with the settings you want"
+        )
+    if pruning.finetune_steps < 0:
+        raise ConfigError(f"--finetune-steps must be 0 or more, got {pruning.finetune_steps}")
+    if pruning.method == "magnitude" and not 0.0 < pruning.sparsity < 1.0:
+        raise ConfigError(f"--sparsity must be between 0 and 1 (exclusive), got {pruning.sparsity}")
+    if dst.path.resolve() == src.path.resolve():
+        raise ConfigError(f"--out {dst} is the run being pruned: choose a new directory")
+    if dst.is_run() or dst.last.exists():
+        raise ConfigError(f"{dst} already holds a run: choose a new directory for the pruned one")
+    described = {"method": pruning.method, "source": str(src.path.resolve())}
+    if pruning.method == "magnitude":
+        share = magnitude_prune(model, pruning.sparsity, pruning.scope)  # type: ignore[arg-type]
+        log.info("zeroed %.1f%% of the prunable weights (%s)", 100 * share, pruning.scope)
+        described.update(sparsity=pruning.sparsity, scope=pruning.scope)
+        new = cfg.replace(prune=described)
+    elif pruning.method == "structured":
+        if cfg.model.arch != "transformer":
+            raise ConfigError(
+                "structured pruning removes attention heads and feed-forward neurons: it "
+                f"needs a Transformer, and {src} is a recurrent model (use --method magnitude)"
+            )
+        heads = pruning.heads or max(1, cfg.model.heads // 2)
+        ff_dim = pruning.ff_dim or max(1, cfg.model.ff_dim // 2)
+        try:
+            model, model_cfg = shrink_transformer(model, cfg.model, heads, ff_dim)
+        except ValueError as err:
+            raise ConfigError(f"{src}: {err}") from None
+        new = cfg.replace(model=dataclasses.asdict(model_cfg), prune=described)
+    else:
+        raise ConfigError(f"unknown pruning method {pruning.method!r}: magnitude or structured")
+    dst.path.mkdir(parents=True, exist_ok=True)
+    src.copy_codecs(cfg.data.joint_vocab, dst)
+    dst.save_config(new)
+    save_checkpoint(dst.best, model, dump_config(new))
+    if not pruning.finetune_steps:
+        return None
+    new = _continued(src, dst, new, model, pruning.finetune_steps)
+    return driver.train(new, dst, resume=True)
+
+
+def _described(cfg: Config) -> str:
+    if cfg.prune.method == "magnitude":
+        return f"magnitude, sparsity {cfg.prune.sparsity:g}, {cfg.prune.scope}"
+    return f"structured: {cfg.model.heads} heads, feed-forward {cfg.model.ff_dim}"
+
+
+def _continued(src: RunDir, dst: RunDir, cfg: Config, model, steps: int) -> Config:
+    """Write ``dst``'s ``last``: the pruned weights, a fresh optimizer, and the source
+    run's place in its data and schedule, to be trained ``steps`` more updates."""
+    if not src.last.is_file():
+        raise CheckpointError(
+            f"{src}: fine-tuning continues the run's training from its {src.last.name}, "
+            "which it does not hold; prune without --finetune-steps"
+        )
+    state = copy.deepcopy(load_checkpoint(src.last).trainer or {})
+    progress = Progress(**state["progress"])
+    progress = dataclasses.replace(
+        progress, elapsed=0.0, tgt_tokens=0, best=None, bad_validations=0, stopped="", history=[]
+    )
+    state["progress"] = dataclasses.asdict(progress)
+    state.pop("job", None)  # not a torchrun job to restart
+    cfg = cfg.replace(train={"max_steps": progress.step + steps, "max_time": None})
+    dst.save_config(cfg)
+    optimizer = build_optimizer(cfg.train, model.parameters())
+    save_checkpoint(dst.last, model, dump_config(cfg), optimizer=optimizer, trainer=state)
+    log.info("fine-tuning %d steps from step %d of %s", steps, progress.step, src)
+    return cfg
+
+
+# ---------------------------------------------------------------------------- distillation
+
+
+def distill(
+    teacher: str | Path, cfg: Config, out: str | Path, *, beam: int = 5, resume: bool = False
+) -> Progress:
+    """Sequence-level knowledge distillation: the student ``cfg`` trained in ``out`` on
+    its training sources paired with ``teacher``'s beam-search translations.
+
+    The translations go to ``out/teacher/`` as they are made; an interrupted run picks
+    up where they stopped, and once they are complete only the training resumes.
+    Validation keeps the real references.
+
+    Raises:
+        ConfigError: a streamed corpus (the teacher's translations need it in memory),
+            or teacher translations in ``out`` made by another teacher or from other data.
+        CheckpointError: ``teacher`` is not a run.
+    """
+    src, dst = RunDir(teacher), RunDir(out)
+    src.require()
+    train_text = load_training(cfg.data)
+    if not isinstance(train_text, ParallelText):
+        raise ConfigError(
+            "distillation translates every training source with the teacher and keeps "
+            "the corpus in memory: set data.stream: false"
+        )
+    valid_text = load_split(cfg.data, "valid")
+    dst.path.mkdir(parents=True, exist_ok=True)
+    targets = teacher_translations(src, train_text.src, dst, beam)
+    empty = [i for i, line in enumerate(targets) if not line]
+    if empty:  # an empty output is no target: such a pair keeps its reference
+        log.warning("teacher gave %d empty outputs: those pairs keep their references", len(empty))
+        targets = [line or ref for line, ref in zip(targets, train_text.tgt, strict=True)]
+    student_text = dataclasses.replace(
+        train_text, tgt=targets, name=f"{train_text.name}, targets by teacher {src}"
+    )
+    return driver.train(cfg, dst, student_text, valid_text, resume=resume)
+
+
+def teacher_translations(teacher: RunDir, sources: list[str], out: RunDir, beam: int) -> list[str]:
+    """The teacher's beam-``beam`` translation of every source, cached in ``out``.
+
+    Raises:
+        ConfigError: the cache in ``out`` was made by another teacher checkpoint, beam,
+            or list of sources.
+    """
+    ident = {
+        "teacher": str(teacher.path.resolve()),
+        "checkpoint": _digest_file(teacher.checkpoint("best")),
+        "beam": beam,
+        "sources": hashlib.sha256("\n".join(sources).encode()).hexdigest(),
+        "count": len(sources),
+    }
+    done = _cached(out, ident)
+    if len(done) < len(sources):
+        model = Translator.from_run(teacher.path, decode={"method": "beam", "beam_size": beam})
+        log.info("teacher %s translates %d sources (beam %d)", teacher, len(sources), beam)
+        out.teacher_dir.mkdir(parents=True, exist_ok=True)
+        out.teacher_key.write_text(json.dumps(ident), encoding="utf-8")
+        with out.teacher_outputs.open("a", encoding="utf-8") as handle:
+            for start in range(len(done), len(sources), TEACHER_CHUNK):
+                chunk = sources[start : start + TEACHER_CHUNK]
+                lines = [" ".join(t.text.split()) for t in translate_texts(model, chunk)]
+                handle.write("".join(line + "\n" for line in lines))
+                handle.flush()
+                os.fsync(handle.fileno())
+                done += lines
+                log.info("teacher: %d of %d sources translated", len(done), len(sources))
+    return done
+
+
+def _cached(out: RunDir, ident: dict) -> list[str]:
+    """The translations already in ``out`` for exactly ``ident`` (none when absent)."""
+    if not out.teacher_outputs.is_file():
+        return []
+    try:
+        saved = json.loads(out.teacher_key.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        saved = None
+    if saved != ident:
+        raise ConfigError(
+            f"{out.teacher_outputs} holds translations by another teacher, checkpoint, beam "
+            f"or corpus ({out.teacher_key.name} differs): remove {out.teacher_dir} to "
+            "translate again, or distill into another directory"
+        )
+    try:
+        text = out.teacher_outputs.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{out.teacher_outputs}: unreadable ({err})") from None
+    complete = text[: text.rfind("\n") + 1]
+    if complete != text:  # a line cut short by a crash: dropped, translated again
+        out.teacher_outputs.write_text(complete, encoding="utf-8")
+    return complete.split("\n")[:-1]
+
+
+def _digest_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
