@@ -377,7 +377,7 @@ def cmd_prune(args: argparse.Namespace) -> int | None:
     pruning = Pruning(
         args.method, args.sparsity, args.scope, args.heads, args.ff_dim, args.finetune_steps
     )
-    progress = prune_run(args.run_dir, args.out, pruning, args.checkpoint)
+    progress = prune_run(args.run_dir, args.out, pruning, args.checkpoint, args.overrides)
     if progress is not None and progress.stopped == "interrupted":
         print(
             f"interrupted: continue with seq2seq train {args.out}/config.yaml "
@@ -515,6 +515,12 @@ def _add_training_commands(sub) -> None:
 
     p = sub.add_parser("prune", help="prune a trained run into a smaller one (then fine-tune)")
     p.add_argument("run_dir", help="a run directory written by 'seq2seq train'")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="changes to the pruned run's config, e.g. train.lr=2e-4 train.threads=2",
+    )
     p.add_argument("--out", required=True, help="the new run directory for the pruned model")
     p.add_argument(
         "--method",
@@ -713,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may follow options (train CONFIG --out DIR key=value): collect the rest.
     args, extra = parser.parse_known_args(argv)
     if extra and (
-        args.command not in ("train", "distill") or any(e.startswith("-") for e in extra)
+        args.command not in ("train", "distill", "prune") or any(e.startswith("-") for e in extra)
     ):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:

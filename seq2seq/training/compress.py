@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from seq2seq.checkpoint import load_checkpoint, save_checkpoint
-from seq2seq.config import Config, dump_config
+from seq2seq.config import Config, apply_overrides, dump_config, from_dict, to_dict
 from seq2seq.data.corpus import ParallelText
 from seq2seq.data.prepare import load_split, load_training
 from seq2seq.errors import CheckpointError, ConfigError, DataError
@@ -58,9 +58,15 @@ class Pruning:
 
 
 def prune_run(
-    source: str | Path, out: str | Path, pruning: Pruning, checkpoint: str = "best"
+    source: str | Path,
+    out: str | Path,
+    pruning: Pruning,
+    checkpoint: str = "best",
+    overrides: list[str] = (),  # type: ignore[assignment]
 ) -> Progress | None:
-    """Prune the model of run ``source`` into the new run directory ``out``.
+    """Prune the model of run ``source`` into the new run directory ``out``;
+    ``overrides`` (``section.key=value``) change the pruned run's config, e.g. the
+    fine-tuning's ``train.lr`` or ``train.threads``.
 
     Returns:
         The fine-tuning's progress, or None without fine-tuning.
@@ -108,6 +114,7 @@ def prune_run(
         new = cfg.replace(model=dataclasses.asdict(model_cfg), prune=described)
     else:
         raise ConfigError(f"unknown pruning method {pruning.method!r}: magnitude or structured")
+    new = from_dict(apply_overrides(to_dict(new), list(overrides)))
     dst.path.mkdir(parents=True, exist_ok=True)
     src.copy_codecs(cfg.data.joint_vocab, dst)
     dst.save_config(new)
