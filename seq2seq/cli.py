@@ -375,7 +375,13 @@ def cmd_prune(args: argparse.Namespace) -> int | None:
     from seq2seq.training.compress import Pruning, prune_run
 
     pruning = Pruning(
-        args.method, args.sparsity, args.scope, args.heads, args.ff_dim, args.finetune_steps
+        args.method,
+        args.sparsity,
+        args.scope,
+        args.heads,
+        args.ff_dim,
+        args.finetune_steps,
+        args.output_dim,
     )
     progress = prune_run(args.run_dir, args.out, pruning, args.checkpoint, args.overrides)
     if progress is not None and progress.stopped == "interrupted":
@@ -527,7 +533,8 @@ def _add_training_commands(sub) -> None:
         choices=["magnitude", "structured"],
         default="magnitude",
         help="magnitude: zero the smallest weights (the file stores them sparsely); "
-        "structured: remove attention heads and feed-forward neurons (Transformer)",
+        "structured: remove attention heads and feed-forward neurons (Transformer) or "
+        "units of the attentional layer (RNN)",
     )
     p.add_argument(
         "--sparsity", type=float, default=0.5, help="magnitude: share of weights zeroed (0.5)"
@@ -541,6 +548,11 @@ def _add_training_commands(sub) -> None:
     p.add_argument("--heads", type=_positive, help="structured: heads kept per layer (half)")
     p.add_argument(
         "--ff-dim", type=_positive, help="structured: feed-forward neurons kept per layer (half)"
+    )
+    p.add_argument(
+        "--output-dim",
+        type=_positive,
+        help="structured RNN: units of the attentional layer h~ kept (half)",
     )
     p.add_argument(
         "--finetune-steps",

@@ -107,6 +107,8 @@ class ModelConfig:
     attention: Literal["none", "bahdanau", "luong"] = _opt("bahdanau", family="rnn")  # RNN
     attention_score: Literal["dot", "general"] = _opt("general", family="rnn")  # Luong score
     input_feeding: bool = _opt(True, family="rnn")  # Luong: feed h~ to the next step
+    output_dim: int | None = _opt(None, lo=1, family="rnn")  # RNN with attention: size of
+    # h~ = tanh(W [s; c]), the output layer's input; None: hidden_dim (structured pruning)
     dropout: float = _opt(0.2, lo=0.0, hi=0.99)  # dropout probability
     tie_embeddings: bool = False  # decoder embedding = output layer
     copy: bool = False  # pointer-generator: also copy source tokens (needs data.joint_vocab)

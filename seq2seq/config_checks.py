@@ -41,10 +41,15 @@ def model_conflicts(model: Any) -> list[str]:
                 f"got {model.hidden_dim}",
             ),
             (
-                model.tie_embeddings and model.emb_dim != model.hidden_dim,
+                model.tie_embeddings and model.emb_dim != (model.output_dim or model.hidden_dim),
                 "model.tie_embeddings: the decoder's embedding and output layer can only share "
-                "weights when model.emb_dim == model.hidden_dim "
-                f"(got {model.emb_dim} and {model.hidden_dim})",
+                "weights when model.emb_dim == model.hidden_dim (model.output_dim if set) "
+                f"(got {model.emb_dim} and {model.output_dim or model.hidden_dim})",
+            ),
+            (
+                model.output_dim is not None and model.attention == "none",
+                "model.output_dim: the attentional layer h~ exists with attention only; "
+                "set model.attention or remove the key",
             ),
             (
                 model.coverage and model.attention != "bahdanau",

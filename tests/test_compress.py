@@ -14,7 +14,13 @@ from seq2seq.config import ModelConfig
 from seq2seq.data.tasks import make_task
 from seq2seq.inference import Translator
 from seq2seq.models.build import build_model
-from seq2seq.models.prune import magnitude_prune, prunable, shrink_transformer, zero_masks
+from seq2seq.models.prune import (
+    magnitude_prune,
+    prunable,
+    shrink_rnn,
+    shrink_transformer,
+    zero_masks,
+)
 from seq2seq.rundir import RunDir
 from tests.conftest import (
     REVERSE_SOURCES,
@@ -137,6 +143,50 @@ def test_shrinking_equals_masking_the_removed_heads_and_neurons(heads: int, ff_d
     torch.testing.assert_close(small.eval()(src, tgt), model(src, tgt), atol=1e-5, rtol=1e-5)
 
 
+RNN_VARIANTS = {
+    "bahdanau": {},
+    "luong-feeding": {"attention": "luong", "cell": "lstm"},
+    "bahdanau-copy-2-layers": {"copy": True, "dec_layers": 2, "enc_layers": 2},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(RNN_VARIANTS))
+def test_shrinking_an_rnn_equals_masking_the_removed_units(variant: str) -> None:
+    torch.manual_seed(4)
+    cfg = ModelConfig(emb_dim=12, hidden_dim=16, dropout=0.0, **RNN_VARIANTS[variant])
+    model = build_model(cfg, 40, 40).eval()
+    small, small_cfg = shrink_rnn(model, cfg, 6)
+    assert small_cfg.output_dim == 6 and small.decoder.out.in_features == 6
+    assert isinstance(build_model(small_cfg, 40, 40), type(small))
+    kept = small.state_dict()["decoder.combine.weight"]
+    with torch.no_grad():  # a unit whose row is zero gives tanh(0) = 0: it adds nothing
+        combine = model.decoder.combine
+        for j in range(combine.out_features):
+            if not any(torch.equal(combine.weight[j], k) for k in kept):
+                combine.weight[j] = 0
+                combine.bias[j] = 0
+    g = torch.Generator().manual_seed(1)
+    src = torch.randint(4, 40, (3, 7), generator=g)
+    tgt = torch.randint(4, 40, (3, 5), generator=g)
+    src[2, 4:] = 0
+    torch.testing.assert_close(small(src, tgt), model(src, tgt), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ({"attention": "none"}, "no attention"),
+        ({"tie_embeddings": True, "hidden_dim": 12}, "tied"),
+    ],
+)
+def test_shrinking_an_rnn_refuses_what_has_no_separate_output_layer(
+    model: dict, message: str
+) -> None:
+    cfg = ModelConfig(**{"emb_dim": 12, "hidden_dim": 16, "dropout": 0.0, **model})
+    with pytest.raises(ValueError, match=message):
+        shrink_rnn(build_model(cfg, 40, 40), cfg, 8)
+
+
 def test_shrinking_keeps_the_most_important_heads() -> None:
     model = tiny_transformer()
     attn = model.encoder[0].attn
@@ -187,8 +237,8 @@ def test_prune_refuses_bad_targets(
     reverse_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     rnn = reverse_runs["rnn"]
-    message = cli_error(["prune", rnn, "--out", tmp_path / "s", "--method", "structured"], capsys)
-    assert "needs a Transformer" in message
+    argv = ["prune", rnn, "--out", tmp_path / "s", "--method", "structured", "--heads", "2"]
+    assert "--heads does not apply" in cli_error(argv, capsys)
     assert "same" not in cli_error(["prune", rnn, "--out", rnn], capsys)
     assert "not a run directory" in cli_error(["prune", tmp_path, "--out", tmp_path / "x"], capsys)
     tf = reverse_runs["transformer"]
@@ -198,13 +248,16 @@ def test_prune_refuses_bad_targets(
     assert "cannot keep 9 heads" in message
 
 
-def test_prune_structured_gives_a_smaller_dense_transformer(
-    reverse_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+def test_prune_structured_gives_a_smaller_dense_model(
+    reverse_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture, arch: str
 ) -> None:
-    source, out = reverse_runs["transformer"], tmp_path / "small"
+    source, out = reverse_runs[arch], tmp_path / "small"
     cli_lines(["prune", source, "--out", out, "--method", "structured"], capsys)
     cfg = RunDir(out).config()
-    assert (cfg.model.heads, cfg.model.head_dim, cfg.model.ff_dim) == (2, 16, 64)
+    if arch == "transformer":
+        assert (cfg.model.heads, cfg.model.head_dim, cfg.model.ff_dim) == (2, 16, 64)
+    else:
+        assert cfg.model.output_dim == 32
     small, full = Translator.from_run(out), Translator.from_run(source)
     count = lambda t: sum(p.numel() for p in t.model.parameters())  # noqa: E731
     assert count(small) < count(full)

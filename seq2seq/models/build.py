@@ -56,11 +56,12 @@ def build_model(
         cfg.input_feeding,
         cfg.dropout,
         pad_id,
+        cfg.output_dim,
     )
     if cfg.tie_embeddings:
         decoder.out.weight = decoder.embed.weight
     bridge = Bridge(cfg.hidden_dim, cfg.dec_layers, cfg.cell)
-    copy = CopyHead(cfg.hidden_dim + cfg.emb_dim) if cfg.copy else None  # [h~; input]
+    copy = CopyHead(decoder.output_dim + cfg.emb_dim) if cfg.copy else None  # [h~; input]
     return RNNSeq2Seq(encoder, bridge, decoder, src_vocab_size, tgt_vocab_size, pad_id, copy)
 
 

@@ -1,11 +1,12 @@
-"""Pruning: magnitude masks for any model, and structured shrinking of a Transformer.
+"""Pruning: magnitude masks for any model, and structured shrinking of both families.
 
 Unstructured (magnitude) pruning zeroes the smallest weights; the model keeps its
 shape, and the checkpoint stores the zeros as a bit mask (``checkpoint.py``), so the
-file shrinks. Structured pruning removes whole attention heads and feed-forward
-neurons: the result is a smaller dense Transformer that :func:`build_model` builds
-from the returned config, so everything that loads a model (decoding, CTranslate2
-export) takes it as is.
+file shrinks. Structured pruning removes whole units: attention heads and
+feed-forward neurons of a Transformer, units of a recurrent decoder's attentional
+layer h~ (the output layer's input). The result is a smaller dense model that
+:func:`build_model` builds from the returned config, so everything that loads a model
+(decoding, CTranslate2 export) takes it as is.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from seq2seq.config import ModelConfig
 from seq2seq.models.build import build_model
 from seq2seq.models.contract import Seq2SeqModel
+from seq2seq.models.rnn import RNNSeq2Seq
 from seq2seq.models.transformer import FeedForward, MultiHeadAttention, TransformerSeq2Seq
 
 Scope = Literal["global", "layer"]
@@ -114,6 +116,47 @@ def shrink_transformer(
             _slice_attention(weights, name, module, _top(_head_scores(module), heads))
         elif isinstance(module, FeedForward):
             _slice_ffn(weights, name, _top(_neuron_scores(module), ff_dim))
+    small.load_state_dict(weights)
+    return small, small_cfg
+
+
+def shrink_rnn(
+    model: RNNSeq2Seq, cfg: ModelConfig, output_dim: int
+) -> tuple[Seq2SeqModel, ModelConfig]:
+    """A recurrent model keeping the ``output_dim`` most important units of its
+    attentional layer h~ = tanh(W [s; c]): rows of W, columns of the output layer (and
+    of the input-feeding and copy-gate weights that read h~).
+
+    A unit scores the norm of its row of W times the norm of its output-layer column.
+
+    Raises:
+        ValueError: no attention (no h~), an output layer tied to the embeddings, or
+            more units than the model has.
+    """
+    decoder = model.decoder
+    if decoder.combine is None:
+        raise ValueError("the decoder has no attention, so no attentional layer to prune")
+    if decoder.out.weight is decoder.embed.weight:
+        raise ValueError("the output layer is tied to the target embeddings (tie_embeddings)")
+    if not 1 <= output_dim <= decoder.output_dim:
+        raise ValueError(
+            f"cannot keep {output_dim} output units: the model has {decoder.output_dim}"
+        )
+    small_cfg = dataclasses.replace(cfg, output_dim=output_dim)
+    small = build_model(small_cfg, model.src_vocab_size, model.tgt_vocab_size, model.pad_id)
+    with torch.no_grad():
+        scores = decoder.combine.weight.norm(dim=1) * decoder.out.weight.norm(dim=0)
+    keep = _top(scores, output_dim)
+    weights = model.state_dict()
+    for key in ("decoder.combine.weight", "decoder.combine.bias"):
+        weights[key] = weights[key][keep]
+    weights["decoder.out.weight"] = weights["decoder.out.weight"][:, keep]
+    if decoder.input_feeding:  # the first layer's input is [embedding; previous h~]
+        inputs = torch.cat([torch.arange(cfg.emb_dim), cfg.emb_dim + keep])
+        weights["decoder.rnn.weight_ih_l0"] = weights["decoder.rnn.weight_ih_l0"][:, inputs]
+    if model.copy is not None:  # the copy gate reads [h~; embedded input]
+        gate = torch.cat([keep, decoder.output_dim + torch.arange(cfg.emb_dim)])
+        weights["copy.gate.weight"] = weights["copy.gate.weight"][:, gate]
     small.load_state_dict(weights)
     return small, small_cfg
 

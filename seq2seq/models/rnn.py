@@ -108,7 +108,7 @@ class RNNState:
     """Decoder state; every tensor has the batch first (``hidden`` has it second)."""
 
     hidden: Hidden  # [layers, batch, hidden]
-    feed: torch.Tensor | None  # Luong input feeding: previous attentional state [batch, 1, hidden]
+    feed: torch.Tensor | None  # Luong input feeding: previous h~ [batch, 1, output_dim]
     memory: torch.Tensor  # [batch, src_len, hidden]
     keys: torch.Tensor | None  # attention's precomputed keys
     mask: torch.Tensor  # [batch, src_len]
@@ -130,13 +130,17 @@ class RNNDecoder(nn.Module):
         input_feeding: bool,
         dropout: float,
         pad_id: int,
+        output_dim: int | None = None,
     ):
         super().__init__()
         self.attention = attention
         self.bahdanau = isinstance(attention, BahdanauAttention)
         self.coverage = self.bahdanau and attention.coverage_proj is not None
         self.input_feeding = isinstance(attention, LuongAttention) and input_feeding
-        feed_dim = hidden_dim if (self.bahdanau or self.input_feeding) else 0
+        # h~, the attentional state the output layer reads (smaller after structured pruning)
+        self.output_dim = output_dim or hidden_dim
+        self.feed_dim = self.output_dim if self.input_feeding else 0  # h~ fed to the next step
+        feed_dim = hidden_dim if self.bahdanau else self.feed_dim  # Bahdanau: the context
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=pad_id)
         self.dropout = Dropout(dropout)
         self.rnn = _CELLS[cell](
@@ -146,8 +150,8 @@ class RNNDecoder(nn.Module):
             batch_first=True,
             dropout=dropout if layers > 1 else 0.0,
         )
-        self.combine = nn.Linear(2 * hidden_dim, hidden_dim) if attention is not None else None
-        self.out = nn.Linear(hidden_dim, vocab_size)
+        self.combine = nn.Linear(2 * hidden_dim, self.output_dim) if attention is not None else None
+        self.out = nn.Linear(self.output_dim, vocab_size)
 
     @property
     def recurrent_feed(self) -> bool:
@@ -155,7 +159,8 @@ class RNNDecoder(nn.Module):
         return self.bahdanau or self.input_feeding
 
     def _attentional(self, out: torch.Tensor, state: RNNState, context=None, attn=None):
-        """``tanh(W [s; c])`` for RNN outputs ``[batch, len, hidden]``; attends if no context."""
+        """``tanh(W [s; c])`` ``[batch, len, output_dim]`` for RNN outputs ``[batch, len,
+        hidden]``; attends if no context."""
         if self.attention is None:
             return out, None
         if context is None:
@@ -163,7 +168,8 @@ class RNNDecoder(nn.Module):
         return torch.tanh(self.combine(torch.cat([out, context], dim=-1))), attn
 
     def step(self, emb: torch.Tensor, state: RNNState):
-        """One step: embedded ``[batch, 1, emb]`` -> ``(h~ [batch, 1, hidden], state, attn)``."""
+        """One step: embedded ``[batch, 1, emb]`` -> ``(h~ [batch, 1, output_dim], state,
+        attn)``."""
         context = attn = None
         if self.bahdanau:
             query = _top(state.hidden).unsqueeze(1)  # s_{t-1}: [batch, 1, hidden]
@@ -246,7 +252,7 @@ class RNNSeq2Seq(Seq2SeqModel):
         hidden = self.bridge(encoded.final)
         feed = coverage = None
         if self.decoder.input_feeding:
-            feed = encoded.states.new_zeros(encoded.states.size(0), 1, encoded.states.size(2))
+            feed = encoded.states.new_zeros(encoded.states.size(0), 1, self.decoder.feed_dim)
         if self.decoder.coverage:
             coverage = encoded.states.new_zeros(encoded.mask.shape, dtype=torch.float32)
         return RNNState(

@@ -26,7 +26,7 @@ from seq2seq.errors import CheckpointError, ConfigError, DataError
 from seq2seq.inference.engine import translate_texts
 from seq2seq.inference.loading import load_run
 from seq2seq.inference.translator import Translator
-from seq2seq.models.prune import magnitude_prune, shrink_transformer
+from seq2seq.models.prune import magnitude_prune, shrink_rnn, shrink_transformer
 from seq2seq.rundir import RunDir
 from seq2seq.training import driver
 from seq2seq.training.loop import Progress
@@ -44,8 +44,9 @@ class Pruning:
         method: ``magnitude`` (unstructured) or ``structured``.
         sparsity: magnitude: the share of prunable weights zeroed, in (0, 1).
         scope: magnitude: ``global`` (ranked together) or ``layer`` (each matrix alike).
-        heads: structured: attention heads kept per layer (None: half).
-        ff_dim: structured: feed-forward neurons kept per layer (None: half).
+        heads: structured Transformer: attention heads kept per layer (None: half).
+        ff_dim: structured Transformer: feed-forward neurons kept per layer (None: half).
+        output_dim: structured RNN: units of the attentional layer h~ kept (None: half).
         finetune_steps: updates of fine-tuning after pruning (0: none).
     """
 
@@ -55,6 +56,7 @@ class Pruning:
     heads: int | None = None
     ff_dim: int | None = None
     finetune_steps: int = 0
+    output_dim: int | None = None
 
 
 def prune_run(
@@ -100,17 +102,7 @@ def prune_run(
         described.update(sparsity=pruning.sparsity, scope=pruning.scope)
         new = cfg.replace(prune=described)
     elif pruning.method == "structured":
-        if cfg.model.arch != "transformer":
-            raise ConfigError(
-                "structured pruning removes attention heads and feed-forward neurons: it "
-                f"needs a Transformer, and {src} is a recurrent model (use --method magnitude)"
-            )
-        heads = pruning.heads or max(1, cfg.model.heads // 2)
-        ff_dim = pruning.ff_dim or max(1, cfg.model.ff_dim // 2)
-        try:
-            model, model_cfg = shrink_transformer(model, cfg.model, heads, ff_dim)
-        except ValueError as err:
-            raise ConfigError(f"{src}: {err}") from None
+        model, model_cfg = _shrunk(src, cfg, model, pruning)
         new = cfg.replace(model=dataclasses.asdict(model_cfg), prune=described)
     else:
         raise ConfigError(f"unknown pruning method {pruning.method!r}: magnitude or structured")
@@ -125,9 +117,32 @@ def prune_run(
     return driver.train(new, dst, resume=True)
 
 
+def _shrunk(src: RunDir, cfg: Config, model, pruning: Pruning):
+    """The structurally pruned model and its model config (see ``models.prune``)."""
+    mc = cfg.model
+    if mc.arch == "transformer":
+        wrong = [("--output-dim", pruning.output_dim)]
+    else:
+        wrong = [("--heads", pruning.heads), ("--ff-dim", pruning.ff_dim)]
+    for flag, value in wrong:
+        if value is not None:
+            raise ConfigError(f"{flag} does not apply to {src}'s model ({mc.arch})")
+    try:
+        if mc.arch == "transformer":
+            heads = pruning.heads or max(1, mc.heads // 2)
+            ff_dim = pruning.ff_dim or max(1, mc.ff_dim // 2)
+            return shrink_transformer(model, mc, heads, ff_dim)
+        output_dim = pruning.output_dim or max(1, (mc.output_dim or mc.hidden_dim) // 2)
+        return shrink_rnn(model, mc, output_dim)
+    except ValueError as err:
+        raise ConfigError(f"{src}: structured pruning: {err}") from None
+
+
 def _described(cfg: Config) -> str:
     if cfg.prune.method == "magnitude":
         return f"magnitude, sparsity {cfg.prune.sparsity:g}, {cfg.prune.scope}"
+    if cfg.model.arch == "rnn":
+        return f"structured: attentional layer of {cfg.model.output_dim}"
     return f"structured: {cfg.model.heads} heads, feed-forward {cfg.model.ff_dim}"
 
 
