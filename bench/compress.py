@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from seq2seq.checkpoint import save_checkpoint
+from seq2seq.checkpoint import load_checkpoint, save_checkpoint
 from seq2seq.data.corpus import read_lines
 from seq2seq.devices import cpu_bf16_summary
 from seq2seq.inference import Translator
@@ -43,9 +43,19 @@ from seq2seq.training.compress import Pruning, distill, prune_run
 
 
 def made(work: Path, name: str, make) -> Path:
-    """``work/name``, made by ``make(path)`` unless a finished run is there already."""
+    """``work/name``, made by ``make(path)`` unless a finished run is there already.
+
+    Exits when one is there unfinished (its training interrupted): measuring it would
+    misreport it."""
     path = work / name
-    if not RunDir(path).best.is_file():
+    run = RunDir(path)
+    if run.last.is_file():
+        if load_checkpoint(run.last).trainer["progress"]["stopped"] in ("", "interrupted"):
+            sys.exit(
+                f"{path}: its training did not finish; resume it (seq2seq train "
+                f"{run.config_file} --out {path} --resume) or remove it"
+            )
+    elif not run.best.is_file():
         make(path)
     return path
 

@@ -55,12 +55,14 @@ def _stored(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], 
     tied: dict[str, str] = {}
     sparse: dict[str, list[int]] = {}
     for name, t in tensors.items():
-        t = t.detach().cpu().contiguous()
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel(), t.dtype, t.shape)
+        # the tensor itself, not a copy (a copy's address may be reused once it is freed)
+        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset())
+        key += (t.dtype, tuple(t.shape), t.stride())
         if key in first and t.numel():
             tied[name] = first[key]
             continue
         first[key] = name
+        t = t.detach().cpu().contiguous()
         if t.dim() >= 2 and t.is_floating_point() and _zero_share(t) >= SPARSE_FROM:
             keep = t.ne(0).flatten()
             out[f"sparse.mask.{name}"] = torch.from_numpy(np.packbits(keep.numpy()))
@@ -157,7 +159,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     try:
         meta = _read_metadata(path)
         tensors = _restored(load_file(str(path)), meta)
-    except (SafetensorError, OSError, ValueError, KeyError) as err:
+    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as err:
         raise CheckpointError(
             f"{path}: not a readable checkpoint (truncated or corrupt?): {err}"
         ) from None

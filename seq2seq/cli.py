@@ -525,7 +525,7 @@ def _add_training_commands(sub) -> None:
         "overrides",
         nargs="*",
         metavar="key=value",
-        help="changes to the pruned run's config, e.g. train.lr=2e-4 train.threads=2",
+        help="train.* and decode.* changes to the pruned run's config, e.g. train.lr=2e-4",
     )
     p.add_argument("--out", required=True, help="the new run directory for the pruned model")
     p.add_argument(
@@ -536,13 +536,10 @@ def _add_training_commands(sub) -> None:
         "structured: remove attention heads and feed-forward neurons (Transformer) or "
         "units of the attentional layer (RNN)",
     )
-    p.add_argument(
-        "--sparsity", type=float, default=0.5, help="magnitude: share of weights zeroed (0.5)"
-    )
+    p.add_argument("--sparsity", type=float, help="magnitude: share of weights zeroed (0.5)")
     p.add_argument(
         "--scope",
         choices=["global", "layer"],
-        default="global",
         help="magnitude: rank all weights together (global) or each matrix alike (layer)",
     )
     p.add_argument("--heads", type=_positive, help="structured: heads kept per layer (half)")

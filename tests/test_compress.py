@@ -65,6 +65,21 @@ def test_tied_weights_are_stored_once_and_load_tied(tmp_path: Path) -> None:
         assert torch.equal(fresh.state_dict()[name], value), name
 
 
+def test_views_of_other_tensors_are_not_taken_for_ties(tmp_path: Path) -> None:
+    # transposed (non-contiguous) sparse weights of one shape: each is copied to be
+    # stored, and a freed copy's address must not make the next one look tied to it
+    g = torch.Generator().manual_seed(0)
+    weights = {}
+    for i in range(4):
+        w = torch.randn(64, 64, generator=g)
+        w[w.abs() < 1.0] = 0
+        weights[f"l{i}"] = w.t()
+    save_checkpoint(tmp_path / "w.safetensors", weights, "")
+    loaded = _weights(tmp_path / "w.safetensors")
+    for name, value in weights.items():
+        assert torch.equal(loaded[name], value), name
+
+
 def test_mostly_zero_weights_are_stored_sparsely_and_exactly(tmp_path: Path) -> None:
     model = tiny_transformer()
     save_checkpoint(tmp_path / "dense.safetensors", model, "")
@@ -239,13 +254,58 @@ def test_prune_refuses_bad_targets(
     rnn = reverse_runs["rnn"]
     argv = ["prune", rnn, "--out", tmp_path / "s", "--method", "structured", "--heads", "2"]
     assert "--heads does not apply" in cli_error(argv, capsys)
-    assert "same" not in cli_error(["prune", rnn, "--out", rnn], capsys)
+    assert "is the run being pruned" in cli_error(["prune", rnn, "--out", rnn], capsys)
     assert "not a run directory" in cli_error(["prune", tmp_path, "--out", tmp_path / "x"], capsys)
     tf = reverse_runs["transformer"]
     message = cli_error(
         ["prune", tf, "--out", tmp_path / "h", "--method=structured", "--heads=9"], capsys
     )
     assert "cannot keep 9 heads" in message
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--heads", "2"], "--heads does not apply to --method magnitude"),
+        (["--method", "structured", "--sparsity", "0.5"], "--sparsity does not apply"),
+        (["model.hidden_dim=32"], "train.* and decode.* changes only"),
+        (["--finetune-steps", "3", "train.max_steps=9"], "sets how long fine-tuning runs"),
+        (["--finetune-steps", "-1"], "0 or more"),
+    ],
+)
+def test_prune_refuses_settings_it_would_not_use(
+    reverse_runs: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    flags: list[str],
+    message: str,
+) -> None:
+    argv = ["prune", reverse_runs["transformer"], "--out", tmp_path / "p", *flags]
+    assert message in cli_error(argv, capsys)
+    assert not (tmp_path / "p").exists()
+
+
+def test_prune_and_distill_refuse_torchrun(
+    reverse_runs: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    tf = reverse_runs["transformer"]
+    assert "without torchrun" in cli_error(["prune", tf, "--out", tmp_path / "p"], capsys)
+    argv = ["distill", tf, _student(tmp_path), "--out", tmp_path / "s"]
+    assert "without torchrun" in cli_error(argv, capsys)
+
+
+def test_distill_checks_its_run_directory_before_translating(
+    reverse_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "student"
+    argv = ["distill", reverse_runs["transformer"], _student(tmp_path), "--out", out, "--resume"]
+    assert "nothing to resume" in cli_error(argv, capsys)
+    assert not RunDir(out).teacher_outputs.exists()
 
 
 def test_prune_structured_gives_a_smaller_dense_model(
@@ -371,8 +431,8 @@ def test_distill_continues_translations_cut_short(
         cli_lines(["distill", teacher, config, "--out", out, "--beam", "2"], capsys)
     assert run.teacher_outputs.read_text(encoding="utf-8") == whole
     # another teacher's cache is not taken for this one's
-    message = cli_error(["distill", teacher, config, "--out", out, "--beam", "3"], capsys)
-    assert "another teacher" in message
+    argv = ["distill", teacher, config, "--out", out, "--beam", "3", "--resume"]
+    assert "another teacher" in cli_error(argv, capsys)
     assert "already holds a training run" in cli_error(
         ["distill", teacher, config, "--out", out, "--beam", "2"], capsys
     )

@@ -28,12 +28,13 @@ from seq2seq.inference.loading import load_run
 from seq2seq.inference.translator import Translator
 from seq2seq.models.prune import magnitude_prune, shrink_rnn, shrink_transformer
 from seq2seq.rundir import RunDir
-from seq2seq.training import driver
+from seq2seq.training import distributed, driver
 from seq2seq.training.loop import Progress
 from seq2seq.training.optim import build_optimizer
 
 log = logging.getLogger("seq2seq")
 TEACHER_CHUNK = 1000  # sentences translated between two appends to the teacher's file
+FINETUNE_KEYS = ("train.max_steps", "train.max_time", "train.max_epochs", "train.patience")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +43,9 @@ class Pruning:
 
     Attributes:
         method: ``magnitude`` (unstructured) or ``structured``.
-        sparsity: magnitude: the share of prunable weights zeroed, in (0, 1).
-        scope: magnitude: ``global`` (ranked together) or ``layer`` (each matrix alike).
+        sparsity: magnitude: the share of prunable weights zeroed, in (0, 1) (None: 0.5).
+        scope: magnitude: ``global`` (ranked together) or ``layer`` (each matrix alike;
+            None: global).
         heads: structured Transformer: attention heads kept per layer (None: half).
         ff_dim: structured Transformer: feed-forward neurons kept per layer (None: half).
         output_dim: structured RNN: units of the attentional layer h~ kept (None: half).
@@ -51,8 +53,8 @@ class Pruning:
     """
 
     method: str = "magnitude"
-    sparsity: float = 0.5
-    scope: str = "global"
+    sparsity: float | None = None
+    scope: str | None = None
     heads: int | None = None
     ff_dim: int | None = None
     finetune_steps: int = 0
@@ -67,19 +69,22 @@ def prune_run(
     overrides: list[str] = (),  # type: ignore[assignment]
 ) -> Progress | None:
     """Prune the model of run ``source`` into the new run directory ``out``;
-    ``overrides`` (``section.key=value``) change the pruned run's config, e.g. the
-    fine-tuning's ``train.lr`` or ``train.threads``.
+    ``overrides`` (``train.key=value`` or ``decode.key=value``) change the pruned run's
+    config, e.g. the fine-tuning's ``train.lr`` or ``train.threads``.
 
     Returns:
         The fine-tuning's progress, or None without fine-tuning.
 
     Raises:
-        ConfigError: a run pruned already, a sparsity outside (0, 1), a structured
-            pruning of a recurrent model, or an ``out`` that holds a run.
+        ConfigError: a run pruned already, a sparsity outside (0, 1), a setting the
+            method or the model does not use, an override outside ``train``/``decode``
+            (or of the fine-tuning's length), an ``out`` that holds a run, or a call
+            under torchrun.
         CheckpointError: ``source`` is not a run, or fine-tuning asked of a run without
             its ``last`` checkpoint.
     """
     src, dst = RunDir(source), RunDir(out)
+    _check_request(src, dst, pruning, list(overrides))
     cfg, model, _ = load_run(src.path, checkpoint)
     if cfg.prune.method != "none":
         origin = f" from {cfg.prune.source}" if cfg.prune.source else ""
@@ -87,25 +92,16 @@ def prune_run(
             f"{src}: this run was pruned already ({_described(cfg)}{origin}); prune the "
             "original run instead, with the settings you want"
         )
-    if pruning.finetune_steps < 0:
-        raise ConfigError(f"--finetune-steps must be 0 or more, got {pruning.finetune_steps}")
-    if pruning.method == "magnitude" and not 0.0 < pruning.sparsity < 1.0:
-        raise ConfigError(f"--sparsity must be between 0 and 1 (exclusive), got {pruning.sparsity}")
-    if dst.path.resolve() == src.path.resolve():
-        raise ConfigError(f"--out {dst} is the run being pruned: choose a new directory")
-    if dst.is_run() or dst.last.exists():
-        raise ConfigError(f"{dst} already holds a run: choose a new directory for the pruned one")
     described = {"method": pruning.method, "source": str(src.path.resolve())}
     if pruning.method == "magnitude":
-        share = magnitude_prune(model, pruning.sparsity, pruning.scope)  # type: ignore[arg-type]
-        log.info("zeroed %.1f%% of the prunable weights (%s)", 100 * share, pruning.scope)
-        described.update(sparsity=pruning.sparsity, scope=pruning.scope)
+        sparsity, scope = pruning.sparsity or 0.5, pruning.scope or "global"
+        share = magnitude_prune(model, sparsity, scope)  # type: ignore[arg-type]
+        log.info("zeroed %.1f%% of the prunable weights (%s)", 100 * share, scope)
+        described.update(sparsity=sparsity, scope=scope)
         new = cfg.replace(prune=described)
-    elif pruning.method == "structured":
+    else:
         model, model_cfg = _shrunk(src, cfg, model, pruning)
         new = cfg.replace(model=dataclasses.asdict(model_cfg), prune=described)
-    else:
-        raise ConfigError(f"unknown pruning method {pruning.method!r}: magnitude or structured")
     new = from_dict(apply_overrides(to_dict(new), list(overrides)))
     dst.path.mkdir(parents=True, exist_ok=True)
     src.copy_codecs(cfg.data.joint_vocab, dst)
@@ -115,6 +111,46 @@ def prune_run(
         return None
     new = _continued(src, dst, new, model, pruning.finetune_steps)
     return driver.train(new, dst, resume=True)
+
+
+def _check_request(src: RunDir, dst: RunDir, pruning: Pruning, overrides: list[str]) -> None:
+    """Refuse, before anything is written, what cannot be done as asked."""
+    if distributed.launched():
+        raise ConfigError("seq2seq prune runs in one process: start it without torchrun")
+    if pruning.method not in ("magnitude", "structured"):
+        raise ConfigError(f"unknown pruning method {pruning.method!r}: magnitude or structured")
+    if pruning.finetune_steps < 0:
+        raise ConfigError(f"--finetune-steps must be 0 or more, got {pruning.finetune_steps}")
+    sparsity = pruning.sparsity
+    if pruning.method == "magnitude" and sparsity is not None and not 0.0 < sparsity < 1.0:
+        raise ConfigError(f"--sparsity must be between 0 and 1 (exclusive), got {sparsity}")
+    unused = (
+        {"--heads": pruning.heads, "--ff-dim": pruning.ff_dim, "--output-dim": pruning.output_dim}
+        if pruning.method == "magnitude"
+        else {"--sparsity": pruning.sparsity, "--scope": pruning.scope}
+    )
+    for flag, value in unused.items():
+        if value is not None:
+            raise ConfigError(f"{flag} does not apply to --method {pruning.method}")
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if not key.startswith(("train.", "decode.")):
+            raise ConfigError(
+                f"override '{item}': a pruned run takes train.* and decode.* changes only "
+                "(its model and data are the source run's)"
+            )
+        if pruning.finetune_steps and key in FINETUNE_KEYS:
+            raise ConfigError(f"override '{item}': --finetune-steps sets how long fine-tuning runs")
+    if dst.path.resolve() == src.path.resolve():
+        raise ConfigError(f"--out {dst} is the run being pruned: choose a new directory")
+    if dst.is_run() or dst.last.exists():
+        raise ConfigError(f"{dst} already holds a run: choose a new directory for the pruned one")
+    src.require()
+    if pruning.finetune_steps and not src.last.is_file():
+        raise CheckpointError(
+            f"{src}: fine-tuning continues the run's training from its {src.last.name}, "
+            "which it does not hold; prune without --finetune-steps"
+        )
 
 
 def _shrunk(src: RunDir, cfg: Config, model, pruning: Pruning):
@@ -149,19 +185,22 @@ def _described(cfg: Config) -> str:
 def _continued(src: RunDir, dst: RunDir, cfg: Config, model, steps: int) -> Config:
     """Write ``dst``'s ``last``: the pruned weights, a fresh optimizer, and the source
     run's place in its data and schedule, to be trained ``steps`` more updates."""
-    if not src.last.is_file():
-        raise CheckpointError(
-            f"{src}: fine-tuning continues the run's training from its {src.last.name}, "
-            "which it does not hold; prune without --finetune-steps"
-        )
     state = copy.deepcopy(load_checkpoint(src.last).trainer or {})
     progress = Progress(**state["progress"])
     progress = dataclasses.replace(
         progress, elapsed=0.0, tgt_tokens=0, best=None, bad_validations=0, stopped="", history=[]
     )
     state["progress"] = dataclasses.asdict(progress)
-    state.pop("job", None)  # not a torchrun job to restart
-    cfg = cfg.replace(train={"max_steps": progress.step + steps, "max_time": None})
+    for key in ("job", "world", "rank_rng"):  # one process, not the torchrun job it was
+        state.pop(key, None)
+    cfg = cfg.replace(
+        train={
+            "max_steps": progress.step + steps,
+            "max_time": None,
+            "max_epochs": max(cfg.train.max_epochs, progress.epoch + steps + 1),
+            "patience": 0,
+        }
+    )
     dst.save_config(cfg)
     optimizer = build_optimizer(cfg.train, model.parameters())
     save_checkpoint(dst.last, model, dump_config(cfg), optimizer=optimizer, trainer=state)
@@ -188,7 +227,10 @@ def distill(
         CheckpointError: ``teacher`` is not a run.
     """
     src, dst = RunDir(teacher), RunDir(out)
+    if distributed.launched():
+        raise ConfigError("seq2seq distill runs in one process: start it without torchrun")
     src.require()
+    driver.check_run_dir(dst, resume)  # before hours of translating, not after
     train_text = load_training(cfg.data)
     if not isinstance(train_text, ParallelText):
         raise ConfigError(
