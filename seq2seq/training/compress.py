@@ -267,7 +267,13 @@ def teacher_translations(teacher: RunDir, sources: list[str], out: RunDir, beam:
     done = _cached(out, ident)
     if len(done) < len(sources):
         model = Translator.from_run(teacher.path, decode={"method": "beam", "beam_size": beam})
-        log.info("teacher %s translates %d sources (beam %d)", teacher, len(sources), beam)
+        log.info(
+            "teacher %s translates %d sources (beam %d; %d done before)",
+            teacher,
+            len(sources) - len(done),
+            beam,
+            len(done),
+        )
         out.teacher_dir.mkdir(parents=True, exist_ok=True)
         out.teacher_key.write_text(json.dumps(ident), encoding="utf-8")
         with out.teacher_outputs.open("a", encoding="utf-8") as handle:
