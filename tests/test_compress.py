@@ -4,12 +4,14 @@ equal to masking, ``seq2seq prune`` (with fine-tuning) and ``seq2seq distill``."
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from seq2seq.checkpoint import load_checkpoint, restore_model, save_checkpoint
+from seq2seq.cli import main
 from seq2seq.config import ModelConfig
 from seq2seq.data.tasks import make_task
 from seq2seq.inference import Translator
@@ -396,14 +398,21 @@ def _student(tmp_path: Path, steps: int = 4) -> Path:
     return path
 
 
-def test_distill_trains_the_student_on_the_teachers_translations(
-    reverse_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    teacher, out = reverse_runs["transformer"], tmp_path / "student"
-    config = _student(tmp_path)
+@pytest.fixture(scope="module")
+def distilled(reverse_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A student distilled from the reverse Transformer (beam 2, 4 updates)."""
+    root = tmp_path_factory.mktemp("distilled")
+    argv = ["distill", reverse_runs["transformer"], _student(root), "--out", root / "student"]
     with same_threads():
-        cli_lines(["distill", teacher, config, "--out", out, "--beam", "2"], capsys)
-    run = RunDir(out)
+        assert main([str(a) for a in [*argv, "--beam", "2"]]) == 0
+    return root
+
+
+def test_distill_trains_the_student_on_the_teachers_translations(
+    reverse_runs: dict[str, Path], distilled: Path
+) -> None:
+    teacher = reverse_runs["transformer"]
+    run = RunDir(distilled / "student")
     sources = make_task("reverse", "train", 300, 1)[0]
     lines = run.teacher_outputs.read_text(encoding="utf-8").split("\n")[:-1]
     assert len(lines) == len(sources)
@@ -414,12 +423,13 @@ def test_distill_trains_the_student_on_the_teachers_translations(
 
 
 def test_distill_continues_translations_cut_short(
-    reverse_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+    reverse_runs: dict[str, Path],
+    distilled: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
 ) -> None:
-    teacher, out = reverse_runs["transformer"], tmp_path / "student"
-    config = _student(tmp_path)
-    with same_threads():
-        cli_lines(["distill", teacher, config, "--out", out, "--beam", "2"], capsys)
+    teacher, out, config = reverse_runs["transformer"], tmp_path / "student", _student(tmp_path)
+    shutil.copytree(distilled / "student", out)
     run = RunDir(out)
     whole = run.teacher_outputs.read_text(encoding="utf-8")
     # a crash: the file holds 10 lines and part of the 11th, no checkpoint yet
