@@ -220,6 +220,34 @@ def test_no_repeat_unigram_bans_every_seen_token():
     assert log_probs.isinf().nonzero()[:, 1].tolist() == [4]  # "3 4" seen: 4 may not follow 3
 
 
+@torch.no_grad()
+def test_transformer_deferred_reorders_compose_and_leave_states_valid():
+    """Reordering is deferred to the next step, which copies the cache once (the
+    ``out=`` path, taken without autograd): two reorders in a row equal decoding the
+    selected rows from the start, and the state reordered from still steps as before."""
+    model = make("transformer-pre")
+    src, _ = batch()
+    prefix = [torch.tensor([5, 6, 7]), torch.tensor([8, 9, 10])]
+    state = model.init_state(model.encode(src))
+    for tokens in prefix:
+        _, state, _ = model.step(tokens, state)
+    before, _, _ = model.step(torch.tensor([4, 4, 4]), state)
+    first, second = torch.tensor([2, 0, 0, 1]), torch.tensor([3, 1, 2, 2, 0])
+    moved = model.reorder(model.reorder(state, first), second)
+    got, moved, _ = model.step(torch.full((5,), 11), moved)
+    got_next, _, _ = model.step(torch.full((5,), 12), moved)
+    rows = first[second]
+    fresh = model.init_state(model.encode(src[rows]))
+    for tokens in prefix:
+        _, fresh, _ = model.step(tokens[rows], fresh)
+    want, fresh, _ = model.step(torch.full((5,), 11), fresh)
+    want_next, _, _ = model.step(torch.full((5,), 12), fresh)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_next, want_next, atol=1e-5, rtol=1e-5)
+    again, _, _ = model.step(torch.tensor([4, 4, 4]), state)
+    torch.testing.assert_close(again, before)
+
+
 def test_transformer_reorder_of_grouped_rows_matches_ungrouped():
     """Beam rows share their sentence's memory; any reordering must still pick the
     right memory row, also when groups break up."""

@@ -213,12 +213,14 @@ class DecoderLayer(nn.Module):
         cache: list | None = None,
         weights: list | None = None,
         group: int = 1,
+        rows: torch.Tensor | None = None,
     ):
         """Full sequence (``cache`` None, causal) or one new position appended to ``cache``.
 
         With a ``weights`` list, the cross-attention weights are appended to it. With
         ``group > 1`` (incremental decoding), each run of ``group`` rows of ``x`` shares
         one row of the memory: they attend to it as ``group`` queries of one sequence.
+        ``rows`` picks the cache rows that continue, in order (a reorder not yet done).
         """
 
         def self_attend(h):
@@ -226,7 +228,7 @@ class DecoderLayer(nn.Module):
             if cache is None:
                 return self.self_attn(h, k, v, causal=True)
             if cache:
-                k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+                k, v = _appended(cache[0], k, rows), _appended(cache[1], v, rows)
             cache[:] = [k, v]  # [batch, heads, t, dh]
             return self.self_attn(h, k, v)
 
@@ -262,6 +264,23 @@ class TransformerState:
     position: int = 0
     group: int = 1  # decoder rows per source row
     src: torch.Tensor | None = None  # source ids [sources, src_len], for the copy head
+    rows: torch.Tensor | None = None  # the cache rows each decoder row continues (None:
+    # row for row): reordering is deferred to the next step, which copies the cache once
+
+
+def _appended(cache: torch.Tensor, new: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """``cache [n, heads, t, dh]`` at ``rows`` (all, in order, when None) with ``new
+    [rows, heads, 1, dh]`` appended along the positions, copying the cache once (twice
+    where autograd records: ``out=`` has no gradient)."""
+    if rows is not None and torch.is_grad_enabled() and (cache.requires_grad or new.requires_grad):
+        cache, rows = cache.index_select(0, rows), None
+    if rows is None:
+        return torch.cat([cache, new], dim=2)
+    _, heads, t, dh = cache.shape
+    out = cache.new_empty(rows.numel(), heads, t + 1, dh)
+    torch.index_select(cache, 0, rows, out=out[:, :, :t])
+    out[:, :, t:] = new
+    return out
 
 
 def _regroup(index: torch.Tensor, group: int) -> tuple[torch.Tensor, int]:
@@ -337,7 +356,7 @@ class TransformerSeq2Seq(Seq2SeqModel):
         last = len(self.decoder) - 1
         for i, (layer, kv, c) in enumerate(zip(self.decoder, state.memory_kv, cache, strict=True)):
             # The last layer's cross-attention is returned for inspection (attention plots).
-            x = layer(x, kv, state.mask, c, weights if i == last else None, state.group)
+            x = layer(x, kv, state.mask, c, weights if i == last else None, state.group, state.rows)
         x = self.dec_norm(x)
         logits = self.out(x).squeeze(1)
         attention = weights[0].squeeze(1)  # [rows, src_len]
@@ -362,13 +381,17 @@ class TransformerSeq2Seq(Seq2SeqModel):
             ]
             mask = mask.index_select(0, sources)
             src = None if src is None else src.index_select(0, sources)
+        rows = None
+        if state.position > 0:  # the cache is copied once, by the next step
+            rows = index if state.rows is None else state.rows.index_select(0, index)
         return TransformerState(
             memory_kv=memory_kv,
-            cache=[[t.index_select(0, index) for t in c] for c in state.cache],
+            cache=state.cache,
             mask=mask,
             position=state.position,
             group=group,
             src=src,
+            rows=rows,
         )
 
     def features(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
