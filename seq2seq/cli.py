@@ -382,6 +382,7 @@ def cmd_prune(args: argparse.Namespace) -> int | None:
         args.ff_dim,
         args.finetune_steps,
         args.output_dim,
+        args.dec_layers,
     )
     progress = prune_run(args.run_dir, args.out, pruning, args.checkpoint, args.overrides)
     if progress is not None and progress.stopped == "interrupted":
@@ -550,6 +551,12 @@ def _add_training_commands(sub) -> None:
         "--output-dim",
         type=_positive,
         help="structured RNN: units of the attentional layer h~ kept (half)",
+    )
+    p.add_argument(
+        "--dec-layers",
+        type=_positive,
+        help="structured Transformer: decoder layers kept (all), dropping one at a time "
+        "the layer whose removal raises the validation loss least",
     )
     p.add_argument(
         "--finetune-steps",

@@ -13,10 +13,12 @@ import torch
 from seq2seq.checkpoint import load_checkpoint, restore_model, save_checkpoint
 from seq2seq.cli import main
 from seq2seq.config import ModelConfig
+from seq2seq.data.prepare import encode, load_split
 from seq2seq.data.tasks import make_task
 from seq2seq.inference import Translator
 from seq2seq.models.build import build_model
 from seq2seq.models.prune import (
+    drop_decoder_layers,
     magnitude_prune,
     prunable,
     shrink_rnn,
@@ -24,6 +26,8 @@ from seq2seq.models.prune import (
     zero_masks,
 )
 from seq2seq.rundir import RunDir
+from seq2seq.training.compress import _kept_decoder_layers
+from seq2seq.training.loss import mean_loss
 from tests.conftest import (
     REVERSE_SOURCES,
     cli_error,
@@ -160,6 +164,31 @@ def test_shrinking_equals_masking_the_removed_heads_and_neurons(heads: int, ff_d
     torch.testing.assert_close(small.eval()(src, tgt), model(src, tgt), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("keep", [[0, 2], [1], [2, 0]])
+def test_dropping_decoder_layers_equals_skipping_them(keep: list[int]) -> None:
+    torch.manual_seed(4)
+    cfg = ModelConfig(
+        arch="transformer", hidden_dim=32, heads=4, ff_dim=64, enc_layers=2, dec_layers=3,
+        dropout=0.0, share_embeddings=True,
+    )  # fmt: skip
+    model = build_model(cfg, 40, 40).eval()
+    small, small_cfg = drop_decoder_layers(model, cfg, keep)
+    assert small_cfg.dec_layers == len(keep) and small_cfg.enc_layers == 2
+    # The reference: the full model itself, running only the kept layers in order.
+    model.decoder = torch.nn.ModuleList(model.decoder[i] for i in sorted(keep))
+    g = torch.Generator().manual_seed(2)
+    src, tgt = torch.randint(4, 40, (3, 7), generator=g), torch.randint(4, 40, (3, 5), generator=g)
+    src[1, 5:] = 0
+    torch.testing.assert_close(small.eval()(src, tgt), model(src, tgt))
+
+
+@pytest.mark.parametrize("keep", [[], [0, 0], [3]])
+def test_dropping_decoder_layers_refuses_impossible_choices(keep: list[int]) -> None:
+    cfg = ModelConfig(arch="transformer", hidden_dim=32, heads=4, ff_dim=64, dec_layers=3)
+    with pytest.raises(ValueError, match="cannot keep decoder layers"):
+        drop_decoder_layers(build_model(cfg, 40, 40), cfg, keep)
+
+
 RNN_VARIANTS = {
     "bahdanau": {},
     "luong-feeding": {"attention": "luong", "cell": "lstm"},
@@ -273,6 +302,8 @@ def test_prune_refuses_bad_targets(
         (["model.hidden_dim=32"], "train.* and decode.* changes only"),
         (["--finetune-steps", "3", "train.max_steps=9"], "sets how long fine-tuning runs"),
         (["--finetune-steps", "-1"], "0 or more"),
+        (["--dec-layers", "1"], "--dec-layers does not apply to --method magnitude"),
+        (["--method", "structured", "--dec-layers", "3"], "cannot keep 3 decoder layers"),
     ],
 )
 def test_prune_refuses_settings_it_would_not_use(
@@ -324,6 +355,40 @@ def test_prune_structured_gives_a_smaller_dense_model(
     count = lambda t: sum(p.numel() for p in t.model.parameters())  # noqa: E731
     assert count(small) < count(full)
     assert len(small.translate(REVERSE_SOURCES[:5])) == 5
+
+
+def test_prune_drops_the_decoder_layer_the_validation_loss_misses_least(
+    reverse_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    source, out = reverse_runs["transformer"], tmp_path / "shallow"
+    full = Translator.from_run(source, device="cpu")
+    cfg = RunDir(source).config()
+    valid = load_split(cfg.data, "valid")
+    examples = encode(valid, full.src_codec, full.tgt_codec, None)
+    cpu = torch.device("cpu")
+    without = [
+        mean_loss(drop_decoder_layers(full.base_model, cfg.model, [1 - i])[0], examples, 4000, cpu)
+        for i in range(2)
+    ]
+    argv = ["prune", source, "--out", out, "--method", "structured", "--dec-layers", "1"]
+    cli_lines([*argv, "--heads", "4", "--ff-dim", "128"], capsys)
+    small_cfg = RunDir(out).config()
+    assert small_cfg.model.dec_layers == 1 and small_cfg.prune.method == "structured"
+    kept = 1 - min(range(2), key=without.__getitem__)
+    small = Translator.from_run(out, device="cpu")
+    for name, value in small.base_model.state_dict().items():  # the kept layer, unchanged
+        original = name.replace("decoder.0.", f"decoder.{kept}.")
+        assert torch.equal(value, full.base_model.state_dict()[original]), name
+    assert len(small.translate(REVERSE_SOURCES[:5])) == 5
+
+
+def test_keeping_every_decoder_layer_ranks_nothing(reverse_runs: dict[str, Path]) -> None:
+    source = reverse_runs["transformer"]
+    cfg = RunDir(source).config()
+    full = Translator.from_run(source, device="cpu")
+    codecs = (full.src_codec, full.tgt_codec)
+    kept = _kept_decoder_layers(RunDir(source), cfg, full.base_model, codecs, 2)
+    assert kept == [0, 1]
 
 
 def test_prune_fine_tunes_from_the_runs_place_and_keeps_the_zeros(
@@ -450,3 +515,10 @@ def test_distill_continues_translations_cut_short(
         cli_lines(["distill", teacher, config, "--out", out, "--beam", "2", "--resume",
                    "train.max_steps=6"], capsys)  # fmt: skip
     assert load_checkpoint(run.last).trainer["progress"]["step"] == 6
+
+
+def test_prune_refuses_dropping_layers_of_a_recurrent_model(
+    reverse_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["prune", reverse_runs["rnn"], "--out", tmp_path / "p", "--method", "structured"]
+    assert "--dec-layers does not apply" in cli_error([*argv, "--dec-layers", "1"], capsys)

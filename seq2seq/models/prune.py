@@ -3,8 +3,8 @@
 Unstructured (magnitude) pruning zeroes the smallest weights; the model keeps its
 shape, and the checkpoint stores the zeros as a bit mask (``checkpoint.py``), so the
 file shrinks. Structured pruning removes whole units: attention heads and
-feed-forward neurons of a Transformer, units of a recurrent decoder's attentional
-layer h~ (the output layer's input). The result is a smaller dense model that
+feed-forward neurons of a Transformer (and whole decoder layers), units of a recurrent
+decoder's attentional layer h~ (the output layer's input). The result is a smaller dense model that
 :func:`build_model` builds from the returned config, so everything that loads a model
 (decoding, CTranslate2 export) takes it as is.
 """
@@ -12,6 +12,7 @@ layer h~ (the output layer's input). The result is a smaller dense model that
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -116,6 +117,35 @@ def shrink_transformer(
             _slice_attention(weights, name, module, _top(_head_scores(module), heads))
         elif isinstance(module, FeedForward):
             _slice_ffn(weights, name, _top(_neuron_scores(module), ff_dim))
+    small.load_state_dict(weights)
+    return small, small_cfg
+
+
+def drop_decoder_layers(
+    model: TransformerSeq2Seq, cfg: ModelConfig, keep: Sequence[int]
+) -> tuple[TransformerSeq2Seq, ModelConfig]:
+    """A Transformer whose decoder keeps only its layers ``keep`` (in their order); the
+    rest of the weights are copied as they are.
+
+    Raises:
+        ValueError: not a Transformer, or ``keep`` empty, repeated or out of range.
+    """
+    if not isinstance(model, TransformerSeq2Seq):
+        raise ValueError("dropping decoder layers needs a Transformer")
+    layers = len(model.decoder)
+    if not keep or len(set(keep)) != len(keep) or not all(0 <= i < layers for i in keep):
+        raise ValueError(f"cannot keep decoder layers {list(keep)} of {layers}")
+    small_cfg = dataclasses.replace(cfg, dec_layers=len(keep))
+    small = build_model(small_cfg, model.src_vocab_size, model.tgt_vocab_size, model.pad_id)
+    renumbered = {f"decoder.{old}.": f"decoder.{new}." for new, old in enumerate(sorted(keep))}
+    weights = {}
+    for key, value in model.state_dict().items():
+        if not key.startswith("decoder."):
+            weights[key] = value
+            continue
+        prefix = ".".join(key.split(".")[:2]) + "."
+        if prefix in renumbered:
+            weights[renumbered[prefix] + key[len(prefix) :]] = value
     small.load_state_dict(weights)
     return small, small_cfg
 

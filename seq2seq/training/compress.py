@@ -18,18 +18,27 @@ import logging
 import os
 from pathlib import Path
 
+import torch
+
 from seq2seq.checkpoint import load_checkpoint, save_checkpoint
 from seq2seq.config import Config, apply_overrides, dump_config, from_dict, to_dict
 from seq2seq.data.corpus import ParallelText
-from seq2seq.data.prepare import load_split, load_training
+from seq2seq.data.prepare import encode, load_split, load_training
+from seq2seq.data.records import SourceCut
 from seq2seq.errors import CheckpointError, ConfigError, DataError
 from seq2seq.inference.engine import translate_texts
 from seq2seq.inference.loading import load_run
 from seq2seq.inference.translator import Translator
-from seq2seq.models.prune import magnitude_prune, shrink_rnn, shrink_transformer
+from seq2seq.models.prune import (
+    drop_decoder_layers,
+    magnitude_prune,
+    shrink_rnn,
+    shrink_transformer,
+)
 from seq2seq.rundir import RunDir
 from seq2seq.training import distributed, driver
 from seq2seq.training.loop import Progress
+from seq2seq.training.loss import mean_loss
 from seq2seq.training.optim import build_optimizer
 
 log = logging.getLogger("seq2seq")
@@ -48,6 +57,8 @@ class Pruning:
             None: global).
         heads: structured Transformer: attention heads kept per layer (None: half).
         ff_dim: structured Transformer: feed-forward neurons kept per layer (None: half).
+        dec_layers: structured Transformer: decoder layers kept (None: all), chosen one
+            at a time by validation loss: the layer whose removal raises it least goes.
         output_dim: structured RNN: units of the attentional layer h~ kept (None: half).
         finetune_steps: updates of fine-tuning after pruning (0: none).
     """
@@ -59,6 +70,7 @@ class Pruning:
     ff_dim: int | None = None
     finetune_steps: int = 0
     output_dim: int | None = None
+    dec_layers: int | None = None
 
 
 def prune_run(
@@ -85,7 +97,7 @@ def prune_run(
     """
     src, dst = RunDir(source), RunDir(out)
     _check_request(src, dst, pruning, list(overrides))
-    cfg, model, _ = load_run(src.path, checkpoint)
+    cfg, model, codecs = load_run(src.path, checkpoint)
     if cfg.prune.method != "none":
         origin = f" from {cfg.prune.source}" if cfg.prune.source else ""
         raise ConfigError(
@@ -100,7 +112,7 @@ def prune_run(
         described.update(sparsity=sparsity, scope=scope)
         new = cfg.replace(prune=described)
     else:
-        model, model_cfg = _shrunk(src, cfg, model, pruning)
+        model, model_cfg = _shrunk(src, cfg, model, codecs, pruning)
         new = cfg.replace(model=dataclasses.asdict(model_cfg), prune=described)
     new = from_dict(apply_overrides(to_dict(new), list(overrides)))
     dst.path.mkdir(parents=True, exist_ok=True)
@@ -125,7 +137,12 @@ def _check_request(src: RunDir, dst: RunDir, pruning: Pruning, overrides: list[s
     if pruning.method == "magnitude" and sparsity is not None and not 0.0 < sparsity < 1.0:
         raise ConfigError(f"--sparsity must be between 0 and 1 (exclusive), got {sparsity}")
     unused = (
-        {"--heads": pruning.heads, "--ff-dim": pruning.ff_dim, "--output-dim": pruning.output_dim}
+        {
+            "--heads": pruning.heads,
+            "--ff-dim": pruning.ff_dim,
+            "--output-dim": pruning.output_dim,
+            "--dec-layers": pruning.dec_layers,
+        }
         if pruning.method == "magnitude"
         else {"--sparsity": pruning.sparsity, "--scope": pruning.scope}
     )
@@ -153,18 +170,30 @@ def _check_request(src: RunDir, dst: RunDir, pruning: Pruning, overrides: list[s
         )
 
 
-def _shrunk(src: RunDir, cfg: Config, model, pruning: Pruning):
+def _shrunk(src: RunDir, cfg: Config, model, codecs, pruning: Pruning):
     """The structurally pruned model and its model config (see ``models.prune``)."""
     mc = cfg.model
     if mc.arch == "transformer":
         wrong = [("--output-dim", pruning.output_dim)]
     else:
-        wrong = [("--heads", pruning.heads), ("--ff-dim", pruning.ff_dim)]
+        wrong = [
+            ("--heads", pruning.heads),
+            ("--ff-dim", pruning.ff_dim),
+            ("--dec-layers", pruning.dec_layers),
+        ]
     for flag, value in wrong:
         if value is not None:
             raise ConfigError(f"{flag} does not apply to {src}'s model ({mc.arch})")
     try:
         if mc.arch == "transformer":
+            if pruning.dec_layers is not None and pruning.dec_layers > mc.dec_layers:
+                raise ValueError(
+                    f"cannot keep {pruning.dec_layers} decoder layers: the model has "
+                    f"{mc.dec_layers}"
+                )
+            if pruning.dec_layers is not None and pruning.dec_layers < mc.dec_layers:
+                keep = _kept_decoder_layers(src, cfg, model, codecs, pruning.dec_layers)
+                model, mc = drop_decoder_layers(model, mc, keep)
             heads = pruning.heads or max(1, mc.heads // 2)
             ff_dim = pruning.ff_dim or max(1, mc.ff_dim // 2)
             return shrink_transformer(model, mc, heads, ff_dim)
@@ -174,12 +203,43 @@ def _shrunk(src: RunDir, cfg: Config, model, pruning: Pruning):
         raise ConfigError(f"{src}: structured pruning: {err}") from None
 
 
+def _kept_decoder_layers(src: RunDir, cfg: Config, model, codecs, n: int) -> list[int]:
+    """The ``n`` decoder layers to keep: one at a time, the layer without which the
+    validation loss is lowest is dropped (Michel et al. 2019 rank heads alike)."""
+    valid = load_split(cfg.data, "valid")
+    if valid is None:
+        raise ConfigError(
+            f"--dec-layers ranks decoder layers by validation loss, but {src} has no data.valid"
+        )
+    examples = encode(valid, *codecs, None, cut=SourceCut.of(cfg.data, codecs[0]))
+    batch_tokens, cpu = cfg.decode.batch_tokens, torch.device("cpu")
+    log.info(
+        "decoder layers: validation loss %.4f with all %d",
+        mean_loss(model, examples, batch_tokens, cpu),
+        cfg.model.dec_layers,
+    )
+    keep = list(range(cfg.model.dec_layers))
+    while len(keep) > n:
+        without = {}
+        for layer in keep:
+            rest = [i for i in keep if i != layer]
+            smaller = drop_decoder_layers(model, cfg.model, rest)[0]
+            without[layer] = mean_loss(smaller, examples, batch_tokens, cpu)
+            log.info("decoder layers: validation loss %.4f without layer %d", without[layer], layer)
+        keep.remove(min(without, key=without.__getitem__))
+    log.info("decoder layers kept: %s", ", ".join(map(str, keep)))
+    return keep
+
+
 def _described(cfg: Config) -> str:
     if cfg.prune.method == "magnitude":
         return f"magnitude, sparsity {cfg.prune.sparsity:g}, {cfg.prune.scope}"
     if cfg.model.arch == "rnn":
         return f"structured: attentional layer of {cfg.model.output_dim}"
-    return f"structured: {cfg.model.heads} heads, feed-forward {cfg.model.ff_dim}"
+    return (
+        f"structured: {cfg.model.heads} heads, feed-forward {cfg.model.ff_dim}, "
+        f"{cfg.model.dec_layers} decoder layers"
+    )
 
 
 def _continued(src: RunDir, dst: RunDir, cfg: Config, model, steps: int) -> Config:

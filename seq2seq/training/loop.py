@@ -30,14 +30,14 @@ from seq2seq.checkpoint import (
     save_checkpoint,
 )
 from seq2seq.config import Config, dump_config
-from seq2seq.data.batching import Batch, Examples, collate, token_batches
+from seq2seq.data.batching import Batch, Examples, collate
 from seq2seq.data.vocab import PAD
 from seq2seq.errors import ConfigError
 from seq2seq.models.contract import Seq2SeqModel
 from seq2seq.models.prune import zero_masks
 from seq2seq.rundir import RunDir
 from seq2seq.training.distributed import SINGLE, Ranks, job_id
-from seq2seq.training.loss import batch_loss
+from seq2seq.training.loss import batch_loss, mean_loss
 from seq2seq.training.optim import Schedule, build_optimizer
 from seq2seq.training.order import StreamOrder, batch_order
 from seq2seq.training.precision import autocast, grad_scaler, limit_kernel_cache, resolve
@@ -243,18 +243,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation
 
-    @torch.no_grad()
     def valid_loss(self) -> float:
         """Mean per-token cross-entropy (no smoothing) on the validation pairs."""
-        self.model.eval()
-        total, tokens = 0.0, 0
-        for index in token_batches(self.valid_data, self.cfg.decode.batch_tokens):
-            batch = collate(self.valid_data, index).to(self.device)
-            with autocast(self.device, self.precision):
-                total += batch_loss(self.model, batch.src, batch.tgt_in, batch.tgt_out, PAD).item()
-            tokens += batch.n_tgt_tokens
-        self.model.train()
-        return total / max(tokens, 1)
+        return mean_loss(
+            self.model, self.valid_data, self.cfg.decode.batch_tokens, self.device, self.precision
+        )
 
     def _validate(self) -> dict:
         """Validation loss, perplexity and (optionally) BLEU; updates best/early stopping.

@@ -6,6 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seq2seq.data.batching import Examples, collate, token_batches
+from seq2seq.data.vocab import PAD
+from seq2seq.training.precision import autocast
+
 
 def sequence_loss(
     logits: torch.Tensor, target: torch.Tensor, pad_id: int, label_smoothing: float = 0.0
@@ -93,3 +97,25 @@ def batch_loss(
         return smoothed_cross_entropy(logits, tgt_out[keep], label_smoothing)
     logits, penalty = model(src, tgt_in, keep, coverage_penalty=True)
     return smoothed_cross_entropy(logits, tgt_out[keep], label_smoothing) + coverage_loss * penalty
+
+
+@torch.no_grad()
+def mean_loss(
+    model: nn.Module,
+    examples: Examples,
+    batch_tokens: int,
+    device: torch.device,
+    precision: str = "fp32",
+) -> float:
+    """Mean per-token cross-entropy (no smoothing) of ``model`` on ``examples``, in
+    evaluation mode (the model's mode is restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for index in token_batches(examples, batch_tokens):
+        batch = collate(examples, index).to(device)
+        with autocast(device, precision):
+            total += batch_loss(model, batch.src, batch.tgt_in, batch.tgt_out, PAD).item()
+        tokens += batch.n_tgt_tokens
+    model.train(was_training)
+    return total / max(tokens, 1)
