@@ -1,6 +1,7 @@
 """Training throughput of a config: target tokens/s, source+target tokens/s, padding, memory.
 
     python bench/train_speed.py bench/configs/joeynmt-match.yaml [--steps 60] [--json] [k=v ...]
+        [--compare floor,joeynmt] [--compare-seconds 120]
     torchrun --standalone --nproc_per_node=2 bench/train_speed.py CONFIG --run-dir DIR \
         train.threads=1
 
@@ -10,6 +11,14 @@ whole process's, data loading included, as /usr/bin/time reports for other toolk
 Under torchrun the ranks train together (as ``seq2seq train`` does there): the token
 rates are of all ranks together, and rank 0 prints them (``--run-dir`` must then be one
 directory all ranks see; ``bench/ddp_speed.py`` runs both ways and compares).
+
+``--compare`` then runs the yardsticks of ``../shared/bench`` one after the other, each
+in a process of its own, with the same thread count: ``floor`` is the plain-PyTorch
+training step of the same model (``floor.py --mode fp32``, or ``bf16`` when this run
+trained in bf16), ``joeynmt`` trains JoeyNMT 2.3.0 on the same data and pieces
+(``joeynmt/run.sh train SECONDS``, which installs it in its own venv the first time).
+The table gives each one's target tokens/s and peak RSS, and this run's speed as a
+multiple of theirs.
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -75,6 +86,32 @@ def measure(
     }
 
 
+SHARED_BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "bench"
+
+
+def yardstick(name: str, seconds: float, threads: int, precision: str) -> dict:
+    """Target tokens/s and peak RSS of ``floor`` or ``joeynmt`` (see the docstring)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if name == "floor":
+        mode = "bf16" if precision == "bf16" else "fp32"
+        argv = [sys.executable, str(SHARED_BENCH / "floor.py"), "--mode", mode, "--json"]
+        argv += ["--seconds", str(seconds), "--threads", str(threads)]
+        done = subprocess.run(argv, capture_output=True, text=True, env=env)
+        line = done.stdout.strip().splitlines()[-1] if done.returncode == 0 else ""
+        return {**json.loads(line), "tool": f"floor.py --mode {mode}"} if line else _failed(done)
+    with tempfile.TemporaryDirectory() as out:
+        argv = ["bash", str(SHARED_BENCH / "joeynmt" / "run.sh"), "train", str(int(seconds)), out]
+        done = subprocess.run(argv, capture_output=True, text=True, env={**env, "WARMUP": "400"})
+    results = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+    if done.returncode or not results:
+        return _failed(done)
+    return {**json.loads(results[-1][len("RESULT ") :]), "tool": "JoeyNMT 2.3.0"}
+
+
+def _failed(done: subprocess.CompletedProcess) -> dict:
+    sys.exit(f"{' '.join(done.args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config")
@@ -85,12 +122,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--run-dir", type=Path, help="where tokenizers and cache go (default: a temporary one)"
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--compare",
+        default="",
+        help="comma-separated yardsticks run afterwards: floor, joeynmt (see above)",
+    )
+    parser.add_argument(
+        "--compare-seconds", type=float, default=120.0, help="each yardstick's budget (120)"
+    )
+    args = parser.parse_intermixed_args(argv)  # key=value before or after the options
     if launched() and args.run_dir is None:
         parser.error("under torchrun, give --run-dir: one directory every rank can read")
+    compare = [name for name in args.compare.split(",") if name]
+    unknown = sorted(set(compare) - {"floor", "joeynmt"})
+    if unknown:
+        parser.error(f"--compare: unknown yardstick {', '.join(unknown)} (floor, joeynmt)")
+    if compare and launched():
+        parser.error("--compare runs in one process, not under torchrun")
+    if compare and not SHARED_BENCH.is_dir():
+        parser.error(f"--compare needs the yardsticks in {SHARED_BENCH}, which is missing")
     result = measure(args.config, args.overrides, args.steps, args.warmup, args.run_dir)
     if result["rank"]:
         return 0
+    result["compared"] = {
+        name: yardstick(name, args.compare_seconds, result["threads"], result["precision"])
+        for name in compare
+    }
+    for other in result["compared"].values():
+        other["ours_x"] = result["tgt_tok_per_s"] / other["tgt_tok_per_s"]
     if args.json:
         print(json.dumps(result))
         return 0
@@ -107,6 +166,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{result['processes']} x {result['threads']} threads, {result['precision']}, "
         f"{result['params_m']:.1f}M params)"
     )
+    if result["compared"]:
+        print(f"{'yardstick':<24}{'tgt tok/s':>11}{'peak RSS MB':>13}{'ours x':>8}")
+        print(f"{'this run':<24}{result['tgt_tok_per_s']:>11,.0f}{result['peak_rss_mb']:>13,.0f}")
+        for other in result["compared"].values():
+            print(
+                f"{other['tool']:<24}{other['tgt_tok_per_s']:>11,.0f}"
+                f"{other['peak_rss_mb']:>13,.0f}{other['ours_x']:>8.2f}"
+            )
     return 0
 
 
