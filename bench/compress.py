@@ -11,7 +11,8 @@ best model that is not there yet, then measures every one on the run's test set
 - ``magnitude 50%`` / ``80%``: ``seq2seq prune --sparsity``, without and with
   ``--finetune-steps`` of fine-tuning;
 - ``structured``: half the heads and half the feed-forward neurons of every layer
-  (``seq2seq prune --method structured``), without and with fine-tuning;
+  (``seq2seq prune --method structured``), without and with fine-tuning; then the same
+  with one decoder layer fewer (``--dec-layers``, the one validation loss misses least);
 - ``distilled``: ``seq2seq distill`` of a student half the width (``hidden_dim`` and
   ``ff_dim`` halved), trained ``--student-time`` seconds on the teacher's beam outputs.
 
@@ -76,16 +77,18 @@ def variants(
                 made(work, slug, lambda p, pr=pruning: prune_run(run, p, pr, overrides=own)),
                 {},
             )
-    for tuned in (0, steps):
-        name = "structured 1/2" + (f" +{tuned} ft" if tuned else "")
-        pruning = Pruning("structured", finetune_steps=tuned)
-        path = made(
-            work,
-            f"structured-ft{tuned}",
-            lambda p, pr=pruning: prune_run(run, p, pr, overrides=own),
-        )
-        out[name] = (path, {})
     cfg = RunDir(run).config()
+    layers = cfg.model.dec_layers
+    for shallower in (False, True) if layers > 1 else (False,):
+        for tuned in (0, steps):
+            name = "structured 1/2" + (f", {layers - 1} dec layers" if shallower else "")
+            name += f" +{tuned} ft" if tuned else ""
+            pruning = Pruning(
+                "structured", finetune_steps=tuned, dec_layers=layers - 1 if shallower else None
+            )
+            slug = f"structured-d{layers - 1}-ft{tuned}" if shallower else f"structured-ft{tuned}"
+            path = made(work, slug, lambda p, pr=pruning: prune_run(run, p, pr, overrides=own))
+            out[name] = (path, {})
     student = cfg.replace(
         model={"hidden_dim": cfg.model.hidden_dim // 2, "ff_dim": cfg.model.ff_dim // 2},
         train={"max_time": student_time, "threads": threads},
@@ -186,11 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(result["cpu"])
     print(f"{run}: {len(texts)} test sentences, {args.threads} threads, fp32 unless int8")
-    head = f"{'form':<26}{'MB':>7}{'size':>7}{'params':>9}{'nonzero':>9}"
+    head = f"{'form':<36}{'MB':>7}{'size':>7}{'params':>9}{'nonzero':>9}"
     print(head + f"{'greedy/s':>10}{'beam5/s':>9}{'x beam':>8}{'BLEU':>7}{'change':>8}")
     for name, r in rows.items():
         print(
-            f"{name:<26}{r['size_mb']:>7.1f}{r['size_vs_model']:>7.0%}{r['params'] / 1e6:>8.2f}M"
+            f"{name:<36}{r['size_mb']:>7.1f}{r['size_vs_model']:>7.0%}{r['params'] / 1e6:>8.2f}M"
             f"{r['nonzero_params'] / 1e6:>8.2f}M{r['greedy_sent_per_s']:>10.1f}"
             f"{r['beam5_sent_per_s']:>9.1f}{r['speedup_beam5']:>8.2f}{r['bleu']:>7.2f}"
             f"{r['bleu_change']:>+8.2f}"
