@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seq2seq.models.dropout import dropout
+from seq2seq.models.dropout import _LANES, dropout, keep_mask
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3])
@@ -19,3 +19,28 @@ def test_fast_dropout_keeps_the_distribution(p: float) -> None:
     assert torch.equal(dropout(x, p, training=False), x)
     torch.manual_seed(0)
     assert torch.equal(dropout(x, p, training=True), y)  # reproducible from the seed
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_dropout_equals_the_plain_masked_product_and_its_gradient(dtype) -> None:
+    x = torch.randn(64, 33, dtype=dtype, requires_grad=True)
+    grad = torch.randn(64, 33, dtype=dtype)
+    torch.manual_seed(5)
+    y = dropout(x, 0.2, training=True)
+    y.backward(grad)
+    torch.manual_seed(5)
+    keep = keep_mask(x.shape, 0.2)
+    scale = _LANES / (_LANES - round(0.2 * _LANES))
+    plain = x.detach().clone().requires_grad_()
+    expected = plain * keep * scale  # what autograd does with the boolean mask
+    expected.backward(grad)
+    assert torch.equal(y, expected)
+    assert torch.equal(x.grad, plain.grad)
+
+
+def test_fast_dropout_keeps_one_byte_a_value_for_the_backward_pass() -> None:
+    saved: list[torch.Tensor] = []
+    x = torch.randn(8, 16, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        dropout(x, 0.1, training=True)
+    assert [t.dtype for t in saved] == [torch.bool]
