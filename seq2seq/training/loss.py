@@ -40,29 +40,32 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
     ``loss = lse - (1 - eps) * logit[y] - eps * mean(logits)`` and its gradient
     ``softmax - q`` with ``q = (1 - eps) * onehot(y) + eps / V``: the same numbers as
     ``F.cross_entropy(..., label_smoothing=eps, reduction="sum")`` in fewer passes over
-    the largest tensor of a training step.
+    the largest tensor of a training step. Every term is taken relative to the row's
+    maximum ``m`` (which cancels out); ``exp(logits - m)`` is made once, in the forward
+    pass, and becomes the gradient in place in the backward pass (so the graph cannot
+    be run backward twice).
     """
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
-        lse = torch.logsumexp(logits, dim=-1)  # [tokens]
-        picked = logits.gather(1, target.unsqueeze(1)).squeeze(1)
-        loss = (lse - (1.0 - eps) * picked).sum()
+        shifted = logits - logits.amax(dim=1, keepdim=True)  # [tokens, vocab]
+        loss = -(1.0 - eps) * shifted.gather(1, target.unsqueeze(1)).sum()
         if eps:
-            loss = loss - eps * logits.mean(dim=-1).sum()
-        ctx.save_for_backward(logits, target, lse)
+            loss = loss - eps * shifted.mean(dim=1).sum()
+        exps = shifted.exp_()
+        sums = exps.sum(dim=1)  # [tokens]: lse - m = log(sums)
+        ctx.save_for_backward(exps, sums, target)
         ctx.eps = eps
-        return loss
+        return loss + sums.log().sum()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        logits, target, lse = ctx.saved_tensors
-        eps = ctx.eps
-        g = torch.exp(logits - lse.unsqueeze(1))  # softmax, [tokens, vocab]
-        if eps:
-            g.sub_(eps / logits.size(1))
-        g.scatter_add_(1, target.unsqueeze(1), g.new_full((g.size(0), 1), eps - 1.0))
-        return g.mul_(grad), None, None
+        exps, sums, target = ctx.saved_tensors
+        eps, vocab = ctx.eps, exps.size(1)
+        # grad * (softmax - eps / V), in one pass over exps, then the target's share
+        g = torch.addcmul(-grad * (eps / vocab), exps, (grad / sums).unsqueeze(1), out=exps)
+        g.scatter_add_(1, target.unsqueeze(1), (grad * (eps - 1.0)).expand(g.size(0), 1))
+        return g, None, None
 
 
 def smoothed_cross_entropy(
