@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
+import sys
 
 import pytest
 import torch
 
 from seq2seq.config import DecodeConfig
-from seq2seq.devices import cpu_bf16_summary, native_bf16
+from seq2seq.devices import cpu_bf16_summary, keep_freed_cpu_memory, native_bf16
 from seq2seq.inference.compress import for_inference
 from seq2seq.inference.ct2 import compute_type_for
 from seq2seq.training.precision import ONEDNN_CACHE, limit_kernel_cache, resolve
@@ -60,3 +62,9 @@ def test_decoding_in_auto_precision_follows_the_cpu(cpu_bf16: bool, caplog) -> N
     warned = caplog.text.count("emulated and runs several times slower than fp32")
     assert warned == (0 if cpu_bf16 else 2)
     assert "decode.precision: bf16" in caplog.text or cpu_bf16
+
+
+def test_training_keeps_freed_cpu_memory_where_glibc_allows() -> None:
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's; elsewhere memory is left to the C library")
+    assert keep_freed_cpu_memory() is True

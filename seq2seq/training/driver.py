@@ -34,7 +34,7 @@ from seq2seq.data.prepare import (
 from seq2seq.data.records import SourceCut
 from seq2seq.data.stream import CorpusStream
 from seq2seq.data.tokenizers import TextCodec
-from seq2seq.devices import pick_device
+from seq2seq.devices import keep_freed_cpu_memory, pick_device
 from seq2seq.errors import CheckpointError, ConfigError, DataError
 from seq2seq.inference.translator import Translator
 from seq2seq.models.build import build_model
@@ -158,6 +158,8 @@ def prepare(
     src_codec, tgt_codec = codecs
     cut = SourceCut.of(data, src_codec)
     device = ranks.device if ranks.grouped else pick_device(cfg.train.device)
+    if device.type == "cpu" and keep_freed_cpu_memory():
+        log.info("CPU memory: freed blocks kept for the next steps (glibc mallopt)")
     model = build_model(cfg.model, len(src_codec.vocab), len(tgt_codec.vocab)).to(device)
     if ranks.rank:
         torch.manual_seed(cfg.train.seed + 1000003 * ranks.rank)
