@@ -159,5 +159,10 @@ def process_group(device_name: str, timeout: float) -> Iterator[Ranks]:
     )
     try:
         yield ranks
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # Every rank is done with the group before any leaves it: a rank tearing gloo down
+    # while another still talks to it could abort that one at exit.
+    dist.barrier()
+    dist.destroy_process_group()
