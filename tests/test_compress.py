@@ -125,13 +125,17 @@ def test_magnitude_pruning_refuses_a_sparsity_outside_0_1(sparsity: float) -> No
 # ---------------------------------------------------------------------------- structured
 
 
+def _small_transformer(dec_layers: int) -> ModelConfig:
+    return ModelConfig(
+        arch="transformer", hidden_dim=32, heads=4, ff_dim=64, enc_layers=2,
+        dec_layers=dec_layers, dropout=0.0, share_embeddings=True,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("heads, ff_dim", [(2, 32), (1, 64), (4, 8)])
 def test_shrinking_equals_masking_the_removed_heads_and_neurons(heads: int, ff_dim: int) -> None:
     torch.manual_seed(3)
-    cfg = ModelConfig(
-        arch="transformer", hidden_dim=32, heads=4, ff_dim=64, enc_layers=2, dec_layers=2,
-        dropout=0.0, share_embeddings=True,
-    )  # fmt: skip
+    cfg = _small_transformer(dec_layers=2)
     model = build_model(cfg, 40, 40).eval()
     small, small_cfg = shrink_transformer(model, cfg, heads, ff_dim)
     assert (small_cfg.heads, small_cfg.head_dim, small_cfg.ff_dim) == (heads, 8, ff_dim)
@@ -167,10 +171,7 @@ def test_shrinking_equals_masking_the_removed_heads_and_neurons(heads: int, ff_d
 @pytest.mark.parametrize("keep", [[0, 2], [1], [2, 0]])
 def test_dropping_decoder_layers_equals_skipping_them(keep: list[int]) -> None:
     torch.manual_seed(4)
-    cfg = ModelConfig(
-        arch="transformer", hidden_dim=32, heads=4, ff_dim=64, enc_layers=2, dec_layers=3,
-        dropout=0.0, share_embeddings=True,
-    )  # fmt: skip
+    cfg = _small_transformer(dec_layers=3)
     model = build_model(cfg, 40, 40).eval()
     small, small_cfg = drop_decoder_layers(model, cfg, keep)
     assert small_cfg.dec_layers == len(keep) and small_cfg.enc_layers == 2

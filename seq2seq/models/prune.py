@@ -124,8 +124,8 @@ def shrink_transformer(
 def drop_decoder_layers(
     model: TransformerSeq2Seq, cfg: ModelConfig, keep: Sequence[int]
 ) -> tuple[TransformerSeq2Seq, ModelConfig]:
-    """A Transformer whose decoder keeps only its layers ``keep`` (in their order); the
-    rest of the weights are copied as they are.
+    """A Transformer whose decoder keeps only its layers ``keep`` (in the model's order,
+    whatever the order given); the rest of the weights are copied as they are.
 
     Raises:
         ValueError: not a Transformer, or ``keep`` empty, repeated or out of range.
