@@ -24,7 +24,7 @@ from seq2seq.data.batching import Examples, collate, token_batches
 from seq2seq.data.records import Rendering, SourceCut
 from seq2seq.data.tokenizers import TextCodec
 from seq2seq.data.vocab import BOS, EOS, PAD
-from seq2seq.devices import pick_device
+from seq2seq.devices import keep_freed_cpu_memory, pick_device
 from seq2seq.errors import ConfigError
 from seq2seq.inference.compress import for_inference
 from seq2seq.inference.engine import (
@@ -83,6 +83,8 @@ class Translator(PhasedEngine):
         self.cut, self.rendering = cut, rendering or Rendering()
         self.base_model = model  # the weights as trained (saved by Seq2Seq.save)
         self.model = prepared if prepared is not None else for_inference(model.eval(), decode)
+        if self.device.type == "cpu":  # each step's [rows, vocab] tensors reuse memory
+            keep_freed_cpu_memory()
         self.rules = Rules(
             bos=BOS,
             eos=EOS,
