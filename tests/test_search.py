@@ -269,3 +269,30 @@ def test_transformer_reorder_of_grouped_rows_matches_ungrouped():
         expected.position = grouped.position
         b, _, _ = model.step(torch.full((len(index),), 4), expected)
         assert torch.allclose(a, b, atol=1e-5), index
+
+
+@pytest.mark.parametrize("vocab", [8000, 8001, 4000, 97, 64, 12, 3])
+def test_beam_scoring_by_blocks_equals_ranking_every_continuation(vocab):
+    """The 2k best continuations found through the vocabulary's blocks are those of a
+    ranking of all k * vocab continuations per sentence (empty slots and banned
+    tokens included): vocabularies of whole blocks of 64, with a last block that
+    overlaps the one before (by 63 entries for 8001), of one block, and smaller than
+    2k."""
+    from seq2seq.search.beam import _Beams, _score
+
+    generator = torch.Generator().manual_seed(vocab)
+    live, k = 4, 5
+    log_probs = torch.randn(live * k, vocab, generator=generator).log_softmax(-1)
+    log_probs[:, 0] = float("-inf")  # a banned token
+    scores = torch.randn(live, k, generator=generator) * 3
+    scores[0, 1:] = float("-inf")  # a sentence at its first step: one live slot
+    beams = _Beams([0, 1, 2, 3], torch.tensor([9, 9, 9, 1]), scores, None, None, None)
+    got = _score(beams, log_probs, RULES, 0)
+
+    every = (scores.view(-1, 1) + log_probs).view(live, k * vocab)
+    want_scores, index = every.topk(min(2 * k, k * vocab), dim=1)
+    torch.testing.assert_close(got.scores, want_scores, rtol=0, atol=0)
+    finite = want_scores.isfinite()
+    assert torch.equal(got.beam[finite], (index // vocab)[finite])
+    assert torch.equal(got.token[finite], (index % vocab)[finite])
+    assert got.ending[3].all() and torch.equal(got.ending[:3], got.token[:3].eq(EOS))

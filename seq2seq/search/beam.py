@@ -138,21 +138,46 @@ def _start(model: Decoder, src, rules: Rules, k: int, keep_attention: bool) -> _
     )
 
 
+_BLOCK = 64  # vocabulary entries per block when scoring (a vector-friendly width)
+
+
 def _score(beams: _Beams, log_probs: torch.Tensor, rules: Rules, t: int) -> _Candidates:
     """The 2k best continuations per sentence of the expanded beam.
 
-    A sentence's 2k best continuations are among the 2k best of each of its rows, so
-    rows are cut to those first: the running scores are added to ``2k`` values per
-    row, never to the whole vocabulary.
+    The vocabulary is cut into blocks of 64 entries, and a sentence's 2k best
+    continuations lie in its 2k blocks with the best maximum plus running score: a
+    continuation outside them is beaten by those 2k maxima. So the whole vocabulary is
+    read once, for the block maxima, and only ``2k`` blocks per sentence are ranked
+    entry by entry (``topk`` over every row costs several times more). When 64 does not
+    divide the vocabulary, the last block is its last 64 entries, owning only those
+    past the whole blocks: its maximum is over those, and its others are left out.
     """
     live, k = beams.scores.shape
-    width = min(2 * k, log_probs.size(-1))
-    row_best, row_token = log_probs.topk(width, dim=1)  # [live * k, width]
-    total = (beams.scores.view(-1, 1) + row_best.float()).view(live, k * width)
-    scores, index = total.topk(min(2 * k, k * width), dim=1)
-    token = row_token.view(live, k * width).gather(1, index)
+    rows, vocab = log_probs.shape
+    size = min(_BLOCK, vocab)
+    whole, rest = divmod(vocab, size)
+    maxima = log_probs[:, : whole * size].view(rows, whole, size).amax(-1)
+    if rest:
+        maxima = torch.cat([maxima, log_probs[:, whole * size :].amax(-1, keepdim=True)], 1)
+    per_row = maxima.size(1)
+    running = beams.scores.view(-1, 1)  # [live * k, 1]
+    best = (maxima.float() + running).view(live, k * per_row)
+    picked = best.topk(min(2 * k, k * per_row), dim=1).indices  # [live, <= 2k]
+    row = picked.div(per_row, rounding_mode="floor") + k * torch.arange(
+        live, device=picked.device
+    ).unsqueeze(1)  # rows l * k + j
+    block = picked % per_row
+    start = (block * size).clamp(max=vocab - size)  # the last block may start earlier
+    offset = torch.arange(size, device=picked.device)
+    values = log_probs.reshape(-1)[(row * vocab + start).unsqueeze(-1) + offset].float()
+    if rest:  # entries of the last block that belong to the one before it
+        values.masked_fill_(block.eq(whole).unsqueeze(-1) & offset.lt(size - rest), NEG_INF)
+    values = (values + running.view(-1)[row].unsqueeze(-1)).flatten(1)
+    scores, index = values.topk(min(2 * k, values.size(1)), dim=1)
+    which = index.div(size, rounding_mode="floor")  # [live, 2k] among the picked blocks
+    token = start.gather(1, which) + index % size
     ending = token.eq(rules.eos) | beams.limits.le(t + 1).unsqueeze(1)
-    return _Candidates(scores, torch.div(index, width, rounding_mode="floor"), token, ending)
+    return _Candidates(scores, row.gather(1, which) % k, token, ending)
 
 
 def _finalize(beams, cands: _Candidates, weights, finished: _Finished, eos, t, alpha) -> None:
