@@ -5,6 +5,7 @@ import torch
 
 from seq2seq.config import ModelConfig
 from seq2seq.models.build import build_model
+from seq2seq.models.transformer import TransformerSeq2Seq
 from seq2seq.search import Rules, greedy
 
 PAD, BOS, EOS = 0, 1, 2
@@ -78,6 +79,26 @@ def test_forward_equals_stepwise(model):
     for t in range(tgt.size(1)):
         log_probs, state, _ = model.step(tgt[:, t], state)
         assert torch.allclose(log_probs, full[:, t], atol=1e-5)
+
+
+def test_steps_that_skip_attention_weights_give_the_same_log_probs(model):
+    """``init_state(..., attention=False)``: the Transformer skips the weights it only
+    computes to return (never a copy head's, which reads them); the log-probabilities
+    stay the same (up to rounding: its last layer then attends through SDPA), also
+    after a reorder."""
+    src, tgt = batch()
+    encoded = model.encode(src)
+    kept, skipped = model.init_state(encoded), model.init_state(encoded, attention=False)
+    index = torch.tensor([2, 0, 1])
+    for t in range(tgt.size(1)):
+        want, kept, weights = model.step(tgt[:, t], kept)
+        got, skipped, none = model.step(tgt[:, t], skipped)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        if isinstance(model, TransformerSeq2Seq) and model.copy is None:
+            assert none is None
+        else:
+            torch.testing.assert_close(none, weights, rtol=0, atol=0)
+        kept, skipped = model.reorder(kept, index), model.reorder(skipped, index)
 
 
 def test_padding_never_changes_real_positions(model):

@@ -5,7 +5,8 @@ it, so decoding (greedy search, sampling, beam search, ensembles) is written onc
 and never asks which family it holds:
 
 * ``encode(src)`` runs the encoder once and returns an :class:`Encoded`;
-* ``init_state(encoded)`` builds the decoder state for the first step;
+* ``init_state(encoded, attention)`` builds the decoder state for the first step
+  (``attention=False``: the search will not use the weights ``step`` returns);
 * ``step(prev_tokens, state)`` advances one token for the whole batch;
 * ``reorder(state, index)`` selects or duplicates rows of a state (beam search,
   dropping finished sentences);
@@ -53,7 +54,7 @@ class Decoder(Protocol):
 
     def encode(self, src: torch.Tensor) -> Encoded: ...
 
-    def init_state(self, encoded: Encoded) -> Any: ...
+    def init_state(self, encoded: Encoded, attention: bool = True) -> Any: ...
 
     def step(
         self, prev_tokens: torch.Tensor, state: Any
@@ -93,8 +94,13 @@ class Seq2SeqModel(nn.Module, abc.ABC):
         """Encode padded source ids ``[batch, src_len]``."""
 
     @abc.abstractmethod
-    def init_state(self, encoded: Encoded) -> Any:
-        """The decoder state before the first target token."""
+    def init_state(self, encoded: Encoded, attention: bool = True) -> Any:
+        """The decoder state before the first target token.
+
+        ``attention=False`` says the caller will not use the attention weights
+        :meth:`step` returns: a model that computes them only to return them (the
+        Transformer's) may then return None and skip them.
+        """
 
     @abc.abstractmethod
     def step(

@@ -246,7 +246,8 @@ class RNNSeq2Seq(Seq2SeqModel):
         ids = src if self.copy is not None else None
         return Encoded(states=states, mask=mask, final=final, ids=ids)
 
-    def init_state(self, encoded: Encoded) -> RNNState:
+    def init_state(self, encoded: Encoded, attention: bool = True) -> RNNState:
+        # the weights are part of the step (the context vector): always returned
         attention = self.decoder.attention
         keys = attention.keys(encoded.states) if attention is not None else None
         hidden = self.bridge(encoded.final)

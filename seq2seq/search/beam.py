@@ -121,7 +121,8 @@ def _start(model: Decoder, src, rules: Rules, k: int, keep_attention: bool) -> _
     encoded = model.encode(src)
     batch = src.size(0)
     state = model.reorder(
-        model.init_state(encoded), torch.arange(batch, device=src.device).repeat_interleave(k)
+        model.init_state(encoded, keep_attention),
+        torch.arange(batch, device=src.device).repeat_interleave(k),
     )
     scores = torch.full((batch, k), NEG_INF, device=src.device)
     scores[:, 0] = 0.0  # one live hypothesis per sentence at first

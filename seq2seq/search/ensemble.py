@@ -44,8 +44,10 @@ class Ensemble(nn.Module):
         parts = [m.encode(src) for m in self.members]
         return Encoded(states=parts[0].states, mask=parts[0].mask, final=parts)
 
-    def init_state(self, encoded: Encoded) -> list:
-        return [m.init_state(e) for m, e in zip(self.members, encoded.final, strict=True)]
+    def init_state(self, encoded: Encoded, attention: bool = True) -> list:
+        return [
+            m.init_state(e, attention) for m, e in zip(self.members, encoded.final, strict=True)
+        ]
 
     def step(self, prev_tokens: torch.Tensor, state: list):
         outputs = [m.step(prev_tokens, s) for m, s in zip(self.members, state, strict=True)]

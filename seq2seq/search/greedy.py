@@ -83,7 +83,7 @@ def truncate(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
 
 def _generate(model: Decoder, src, rules: Rules, choose: Chooser, keep_attention: bool):
     encoded = model.encode(src)
-    state = model.init_state(encoded)
+    state = model.init_state(encoded, keep_attention)
     limits = rules.limits(encoded.mask.sum(1), model.max_positions)
     batch = src.size(0)
     out = _Outputs(batch, keep_attention)
