@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import sys
 
 import torch
@@ -15,6 +16,21 @@ log = logging.getLogger("seq2seq")
 
 # torch.cpu's probes (private in torch 2.x) for the CPU features that compute bf16 natively
 _CPU_BF16_PROBES = {"avx512_bf16": "_is_avx512_bf16_supported", "amx": "_is_amx_tile_supported"}
+# ONEDNN_MAX_CPU_ISA values that keep oneDNN, which runs PyTorch's bf16 matrix products on
+# the CPU, from using each feature (a machine without it can be imitated so)
+_BELOW_BF16 = {
+    "SSE41",
+    "AVX",
+    "AVX2",
+    "AVX2_VNNI",
+    "AVX2_VNNI_2",
+    "AVX512_CORE",
+    "AVX512_CORE_VNNI",
+}
+_ISA_CAPS_WITHOUT = {
+    "avx512_bf16": _BELOW_BF16,
+    "amx": _BELOW_BF16 | {"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512"},
+}
 
 
 def pick_device(name: str = "auto", index: int | None = None) -> torch.device:
@@ -44,9 +60,12 @@ def pick_device(name: str = "auto", index: int | None = None) -> torch.device:
 
 
 def cpu_bf16_features() -> dict[str, bool]:
-    """Which of the CPU's native bf16 features (AVX-512 BF16, AMX) it has."""
+    """Which of the CPU's native bf16 features (AVX-512 BF16, AMX) it has and oneDNN may
+    use (``ONEDNN_MAX_CPU_ISA`` can forbid them)."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
     return {
         name: bool(getattr(torch.cpu, probe, lambda: False)())
+        and cap not in _ISA_CAPS_WITHOUT[name]
         for name, probe in _CPU_BF16_PROBES.items()
     }
 
@@ -78,11 +97,13 @@ def cpu_bf16_summary() -> str:
     """One line for benchmark tables: the CPU's native bf16 features."""
     features = cpu_bf16_features()
     has = [name for name, present in features.items() if present]
-    return (
+    line = (
         f"CPU bf16: native ({', '.join(has)})"
         if has
         else "CPU bf16: emulated (no AVX-512 BF16, no AMX): bf16 is slower than fp32 here"
     )
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return f"{line} [ONEDNN_MAX_CPU_ISA={cap}]" if cap else line
 
 
 # glibc's mallopt parameters (malloc.h)

@@ -13,7 +13,12 @@ import pytest
 import torch
 
 from seq2seq.config import DecodeConfig
-from seq2seq.devices import cpu_bf16_summary, keep_freed_cpu_memory, native_bf16
+from seq2seq.devices import (
+    cpu_bf16_features,
+    cpu_bf16_summary,
+    keep_freed_cpu_memory,
+    native_bf16,
+)
 from seq2seq.inference.compress import for_inference
 from seq2seq.inference.ct2 import compute_type_for
 from seq2seq.training.precision import ONEDNN_CACHE, limit_kernel_cache, resolve
@@ -45,6 +50,27 @@ def test_auto_is_bf16_only_where_native(cpu_bf16: bool) -> None:
     assert resolve(cpu, "auto") == ("bf16" if cpu_bf16 else "fp32")
     assert resolve(cpu, "fp32") == "fp32"
     assert ("native" in cpu_bf16_summary()) is cpu_bf16
+
+
+@pytest.mark.parametrize(
+    "cap, left",
+    [
+        ("AVX512_CORE_VNNI", []),
+        ("avx2", []),
+        ("AVX512_CORE_BF16", ["avx512_bf16"]),
+        ("ALL", ["avx512_bf16", "amx"]),
+    ],
+)
+def test_a_onednn_isa_cap_takes_the_features_it_forbids(monkeypatch, cap, left) -> None:
+    """ONEDNN_MAX_CPU_ISA imitates a CPU without native bf16: auto then picks fp32 and
+    benchmark tables say so, naming the cap."""
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: True, raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert [name for name, on in cpu_bf16_features().items() if on] == left
+    assert native_bf16(torch.device("cpu")) is bool(left)
+    assert resolve(torch.device("cpu"), "auto") == ("bf16" if left else "fp32")
+    assert cpu_bf16_summary().endswith(f"[ONEDNN_MAX_CPU_ISA={cap}]")
 
 
 def test_decoding_in_auto_precision_follows_the_cpu(cpu_bf16: bool, caplog) -> None:
