@@ -177,7 +177,10 @@ def main() -> None:
         run_one(args)
         return
     results = measure(args)
-    print(json.dumps(results, indent=2) if args.json else table(results))
+    if args.json:
+        print(json.dumps({"cpu_bf16": cpu_bf16_summary(), "modes": results}, indent=2))
+    else:
+        print(table(results))
 
 
 if __name__ == "__main__":
