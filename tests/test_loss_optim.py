@@ -208,6 +208,29 @@ def test_apply_sets_every_param_group():
     assert type(build_optimizer(TrainConfig(), params)) is torch.optim.Adam
 
 
+def test_adam_takes_the_fused_kernel_and_matches_the_loop():
+    """Fused where every parameter allows it; the same updates as PyTorch's per-tensor
+    loop, up to rounding."""
+    torch.manual_seed(0)
+    weights = [torch.randn(5, 3), torch.randn(7)]
+    cfg = TrainConfig(lr=1e-2, betas=(0.9, 0.98))
+    fused = [torch.nn.Parameter(w.clone()) for w in weights]
+    loop = [torch.nn.Parameter(w.clone()) for w in weights]
+    optimizer = build_optimizer(cfg, fused)
+    assert optimizer.defaults["fused"] is True
+    reference = torch.optim.Adam(loop, lr=1e-2, betas=(0.9, 0.98), foreach=False)
+    for _ in range(5):
+        grads = [torch.randn_like(w) for w in weights]
+        for params, opt in ((fused, optimizer), (loop, reference)):
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+    for a, b in zip(fused, loop, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    integer = torch.nn.Parameter(torch.zeros(2, dtype=torch.int64), requires_grad=False)
+    assert not build_optimizer(cfg, [integer]).defaults["fused"]
+
+
 @pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
 def test_fused_smoothed_cross_entropy_matches_pytorch(eps):
     from seq2seq.training.loss import smoothed_cross_entropy
