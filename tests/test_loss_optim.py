@@ -244,3 +244,79 @@ def test_fused_smoothed_cross_entropy_matches_pytorch(eps):
     (ref_grad,) = torch.autograd.grad(ref, logits)
     assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
     assert torch.allclose(grad.double(), ref_grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_output_layer_fused_with_the_loss_matches_pytorch(eps, bias):
+    """Loss and gradients of features, weight and bias equal PyTorch's linear layer and
+    cross-entropy, over blocks that do not divide the tokens (3 rows of 11 logits)."""
+    from seq2seq.training.loss import linear_cross_entropy
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(5, 11, bias=bias)
+    features = torch.randn(10, 5, requires_grad=True)
+    target = torch.randint(0, 11, (10,))
+    ours = linear_cross_entropy(features * 1.0, layer, target, eps, block=33)
+    got = torch.autograd.grad(2.0 * ours, [features, *layer.parameters()])
+    logits = layer(features * 1.0)
+    ref = torch.nn.functional.cross_entropy(logits, target, label_smoothing=eps, reduction="sum")
+    want = torch.autograd.grad(2.0 * ref, [features, *layer.parameters()])
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # validation: the loss alone
+        torch.testing.assert_close(linear_cross_entropy(features, layer, target, eps), ref)
+
+
+def test_fused_output_layer_under_bf16_autocast_matches_the_layers_products():
+    """Under autocast the products run in bf16 as the layer's would; the loss and the
+    gradients stay within bf16 rounding of the unfused path."""
+    from seq2seq.training.loss import linear_cross_entropy, smoothed_cross_entropy
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, 50)
+    features = torch.randn(40, 16, requires_grad=True)
+    target = torch.randint(0, 50, (40,))
+    results = []
+    for fused in (True, False):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if fused:
+                loss = linear_cross_entropy(features, layer, target, 0.1, block=500)
+            else:
+                loss = smoothed_cross_entropy(layer(features), target, 0.1)
+        assert loss.dtype == torch.float32
+        results.append((loss, *torch.autograd.grad(loss, [features, *layer.parameters()])))
+    for a, b in zip(*results, strict=True):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("arch", ["transformer", "rnn"])
+def test_batch_loss_fuses_the_output_layer_of_both_families(arch):
+    """batch_loss through the fused output layer gives the loss and gradients of the
+    logits' loss (eval mode: no dropout); a copy head has no plain output layer and
+    keeps the unfused path."""
+    from seq2seq.training.loss import smoothed_cross_entropy
+
+    batch = collate(random_examples(6, seed=3), list(range(6)))
+    keep = batch.tgt_out.ne(PAD)
+    for copy in (False, True):
+        torch.manual_seed(0)
+        sizes = {"ff_dim": 32} if arch == "transformer" else {"emb_dim": 16}
+        cfg = ModelConfig(arch=arch, hidden_dim=16, copy=copy, **sizes)
+        model = build_model(cfg, TINY_VOCAB, TINY_VOCAB).eval()
+        assert (model.output_layer is None) is copy
+        params = list(model.parameters())
+        loss = batch_loss(model, batch.src, batch.tgt_in, batch.tgt_out, PAD, 0.1)
+        logits = model(batch.src, batch.tgt_in, keep)
+        ref = smoothed_cross_entropy(logits, batch.tgt_out[keep], 0.1)
+        torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-4)
+        got = torch.autograd.grad(loss, params, allow_unused=True)
+        want = torch.autograd.grad(ref, params, allow_unused=True)
+        for a, b in zip(got, want, strict=True):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="no plain output layer"):
+        model(batch.src, batch.tgt_in, keep, project=False)

@@ -129,8 +129,20 @@ class Seq2SeqModel(nn.Module, abc.ABC):
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """Output-layer logits ``[..., tgt_vocab]`` for features ``[..., dim]``."""
 
+    @property
+    def output_layer(self) -> nn.Linear | None:
+        """The output layer, where the logits are exactly it applied to what
+        ``forward(..., project=False)`` returns (a loss may then be fused with it);
+        None where the output is more than a projection (a copy head's mixture)."""
+        return None
+
     def forward(
-        self, src: torch.Tensor, tgt_in: torch.Tensor, keep: torch.Tensor | None = None
+        self,
+        src: torch.Tensor,
+        tgt_in: torch.Tensor,
+        keep: torch.Tensor | None = None,
+        *,
+        project: bool = True,
     ) -> torch.Tensor:
         """Teacher-forced logits for ``tgt_in [batch, tgt_len]``.
 
@@ -139,6 +151,8 @@ class Seq2SeqModel(nn.Module, abc.ABC):
             tgt_in: decoder inputs (BOS + target) ``[batch, tgt_len]``.
             keep: True at the positions whose logits are wanted, ``[batch, tgt_len]``;
                 the output layer runs on those only (None: every position).
+            project: False returns the inputs of :attr:`output_layer` instead of the
+                logits (a model without one raises ValueError).
 
         Returns:
             ``[batch, tgt_len, tgt_vocab]``, or ``[keep.sum(), tgt_vocab]`` with ``keep``.
@@ -148,4 +162,4 @@ class Seq2SeqModel(nn.Module, abc.ABC):
         features = self.features(src, tgt_in)  # [batch, tgt_len, dim]
         if keep is not None:
             features = features[keep]  # [kept, dim]
-        return self.project(features)
+        return self.project(features) if project else features

@@ -300,6 +300,7 @@ class RNNSeq2Seq(Seq2SeqModel):
         tgt_in: torch.Tensor,
         keep: torch.Tensor | None = None,
         *,
+        project: bool = True,
         coverage_penalty: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """See :meth:`Seq2SeqModel.forward`; with a copy head, mixed log-probabilities.
@@ -310,12 +311,15 @@ class RNNSeq2Seq(Seq2SeqModel):
         """
         if coverage_penalty and not self.decoder.coverage:
             raise ValueError("coverage_penalty needs a model built with coverage")
+        if not project and self.copy is not None:
+            raise ValueError("a model with a copy head has no plain output layer")
         h_tilde, attn = self.decoder(tgt_in, self.init_state(self.encode(src)))
         if self.copy is not None:
             gate = torch.cat([h_tilde, self.decoder.embed(tgt_in)], dim=-1)
             out = self.copy.teacher_forced(self.decoder.logits, h_tilde, attn, src, gate, keep)
         else:
-            out = self.decoder.logits(h_tilde if keep is None else h_tilde[keep])
+            kept = h_tilde if keep is None else h_tilde[keep]
+            out = self.decoder.logits(kept) if project else self.decoder.dropout(kept)
         if not coverage_penalty:
             return out
         seen = attn.cumsum(1) - attn  # the coverage before each step
@@ -324,3 +328,7 @@ class RNNSeq2Seq(Seq2SeqModel):
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         return self.decoder.logits(features)
+
+    @property
+    def output_layer(self) -> nn.Linear | None:
+        return self.decoder.out if self.copy is None else None

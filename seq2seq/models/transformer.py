@@ -403,12 +403,23 @@ class TransformerSeq2Seq(Seq2SeqModel):
     def project(self, features: torch.Tensor) -> torch.Tensor:
         return self.out(features)
 
+    @property
+    def output_layer(self) -> nn.Linear | None:
+        return self.out if self.copy is None else None
+
     def forward(
-        self, src: torch.Tensor, tgt_in: torch.Tensor, keep: torch.Tensor | None = None
+        self,
+        src: torch.Tensor,
+        tgt_in: torch.Tensor,
+        keep: torch.Tensor | None = None,
+        *,
+        project: bool = True,
     ) -> torch.Tensor:
         """See :meth:`Seq2SeqModel.forward`; with a copy head, mixed log-probabilities."""
         if self.copy is None:
-            return super().forward(src, tgt_in, keep)
+            return super().forward(src, tgt_in, keep, project=project)
+        if not project:
+            raise ValueError("a model with a copy head has no plain output layer")
         weights: list[torch.Tensor] = []
         inputs: list[torch.Tensor] = []
         states = self.decode_states(self.encode(src), tgt_in, weights, inputs)

@@ -75,6 +75,105 @@ def smoothed_cross_entropy(
     return _SmoothedCrossEntropy.apply(logits.float(), target, label_smoothing)
 
 
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Summed label-smoothed cross-entropy of ``features @ weight.T + bias``, the output
+    layer fused with the loss: the logits are made ``rows`` at a time and each block's
+    loss and gradient are taken while it is still in the cache, so the ``[tokens,
+    vocab]`` logits (and their gradient) never exist whole. With ``grads``, the forward
+    pass also computes the gradients of the features, weight and bias (the same two
+    products as the layer's own backward pass), and the backward pass only scales them.
+
+    Products run in the inputs' dtype (bf16 under autocast, as the layer would); the
+    loss and the logits' gradient are fp32, and the weight's gradient is summed over
+    blocks in fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, features, weight, bias, target, eps: float, rows: int, grads: bool):
+        tokens, vocab = features.size(0), weight.size(0)
+        if grads:
+            grad_features = torch.empty_like(features)
+            grad_weight = weight.new_zeros(weight.shape, dtype=torch.float32)
+            grad_bias = None if bias is None else weight.new_zeros(vocab, dtype=torch.float32)
+            smoothing = torch.tensor(-eps / vocab, device=weight.device)
+        loss = torch.zeros((), device=features.device)
+        for start in range(0, tokens, rows):
+            x, y = features[start : start + rows], target[start : start + rows]
+            logits = (x @ weight.T if bias is None else torch.addmm(bias, x, weight.T)).float()
+            shifted = logits.sub_(logits.amax(dim=1, keepdim=True))
+            loss -= (1.0 - eps) * shifted.gather(1, y.unsqueeze(1)).sum()
+            if eps:
+                loss -= eps / vocab * shifted.sum()
+            exps = shifted.exp_()
+            sums = exps.sum(dim=1)
+            loss += sums.log().sum()
+            if not grads:
+                continue
+            # softmax - q, with q = (1 - eps) * onehot(y) + eps / V, in place of exps
+            grad = torch.addcmul(smoothing, exps, sums.reciprocal_().unsqueeze(1), out=exps)
+            grad.scatter_add_(1, y.unsqueeze(1), grad.new_full((y.numel(), 1), eps - 1.0))
+            if grad_bias is not None:
+                grad_bias += grad.sum(0)
+            grad = grad.to(features.dtype)
+            torch.mm(grad, weight, out=grad_features[start : start + rows])
+            if grad_weight.dtype == grad.dtype:
+                grad_weight.addmm_(grad.T, x)
+            else:
+                grad_weight += grad.T @ x
+        if grads:
+            ctx.save_for_backward(grad_features, grad_weight, grad_bias)
+            ctx.dtypes = weight.dtype, None if bias is None else bias.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad_features, grad_weight, grad_bias = ctx.saved_tensors
+        weight_dtype, bias_dtype = ctx.dtypes
+        return (
+            grad_features * grad.to(grad_features.dtype),
+            (grad_weight * grad).to(weight_dtype),
+            None if grad_bias is None else (grad_bias * grad).to(bias_dtype),
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def linear_cross_entropy(
+    features: torch.Tensor,
+    layer: nn.Linear,
+    target: torch.Tensor,
+    label_smoothing: float = 0.0,
+    block: int = 2**22,
+) -> torch.Tensor:
+    """``smoothed_cross_entropy(layer(features), target, label_smoothing)``, fused (see
+    :class:`_LinearCrossEntropy`): the same loss and gradients up to rounding, in less
+    time and memory (without autograd, the loss alone).
+
+    Args:
+        features: ``[tokens, dim]``, the inputs of the output layer.
+        layer: the output layer (``[vocab, dim]`` weight, optional bias).
+        target: gold ids ``[tokens]`` (no padding).
+        label_smoothing: mass spread uniformly over the vocabulary.
+        block: logits made at a time (rows of ``vocab`` entries; 16 MB in fp32).
+    """
+    weight, bias = layer.weight, layer.bias
+    device = features.device.type
+    if torch.is_autocast_enabled(device):  # the dtype the layer's product would take
+        dtype = torch.get_autocast_dtype(device)
+        features, weight = features.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    rows = max(1, block // weight.size(0))
+    grads = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (features, weight, bias)
+    )
+    with torch.autocast(device, enabled=False):
+        return _LinearCrossEntropy.apply(
+            features, weight, bias, target, label_smoothing, rows, grads
+        )
+
+
 def batch_loss(
     model: nn.Module,
     src: torch.Tensor,
@@ -92,10 +191,16 @@ def batch_loss(
     The model (or a wrapper of it, such as DistributedDataParallel) is called as a
     module, so its own ``forward`` decides how the output distribution is made. The
     output projection is the largest matrix product of a step; asking only for the real
-    target tokens saves the padding share of it, with the same result.
+    target tokens saves the padding share of it, with the same result. Where the model
+    has a plain :attr:`~seq2seq.models.contract.Seq2SeqModel.output_layer`, it is fused
+    with the loss (:func:`linear_cross_entropy`).
     """
     keep = tgt_out.ne(pad_id)  # [batch, tgt_len]
     if not coverage_loss:
+        layer = getattr(getattr(model, "module", model), "output_layer", None)  # DDP's inner
+        if layer is not None:  # the output layer fused with the loss
+            features = model(src, tgt_in, keep, project=False)  # [real tokens, dim]
+            return linear_cross_entropy(features, layer, tgt_out[keep], label_smoothing)
         logits = model(src, tgt_in, keep)  # [real tokens, vocab]
         return smoothed_cross_entropy(logits, tgt_out[keep], label_smoothing)
     logits, penalty = model(src, tgt_in, keep, coverage_penalty=True)
