@@ -141,7 +141,7 @@ class MultiHeadAttention(nn.Module):
         """
         q = self.split(self.q(x))
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.size(-1))
-        weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)  # [b, heads, q, k]
+        weights = scores.masked_fill(~mask, float("-inf")).softmax(-1, dtype=torch.float32)
         ctx = weights.to(v.dtype) @ v
         return self.out(ctx.transpose(1, 2).flatten(2)), weights.mean(1)
 
@@ -156,7 +156,9 @@ class FeedForward(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.outer(dropout(F.relu(self.inner(x)), self.dropout, self.training))
+        # relu in place of the product's fresh output (its backward needs only the result)
+        hidden = F.relu(self.inner(x), inplace=True)
+        return self.outer(dropout(hidden, self.dropout, self.training))
 
 
 class Sublayer(nn.Module):
