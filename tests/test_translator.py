@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 
 import pytest
 import torch
@@ -335,6 +336,27 @@ def test_bf16_agrees_with_fp32(
     configured = reverse_translators[arch].configure(precision="bf16")
     assert texts_of(configured.translate(SOURCES, attention=True)) == texts_of(results)
     assert all(p.dtype == torch.float32 for p in reverse_translators[arch].model.parameters())
+
+
+def test_int8_fuses_the_feed_forward_relu_with_the_same_outputs() -> None:
+    """Each Transformer feed-forward's ReLU runs inside its quantized product; the
+    outputs equal quantizing without the fusion, and the fp32 model is left alone."""
+    from seq2seq.data.batching import collate
+    from seq2seq.inference.compress import quantize_int8
+    from tests.conftest import random_examples, tiny_transformer
+
+    model = tiny_transformer().eval()
+    fused = quantize_int8(model)
+    layers = [*fused.encoder, *fused.decoder]
+    relu = torch.ao.nn.intrinsic.quantized.dynamic.LinearReLU
+    assert all(isinstance(layer.ff.inner, relu) for layer in layers)
+    assert all(isinstance(layer.ff.act, torch.nn.ReLU) for layer in [*model.encoder])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, torch.qint8)
+    batch = collate(random_examples(4), list(range(4)))
+    with torch.no_grad():
+        assert torch.equal(fused(batch.src, batch.tgt_in), plain(batch.src, batch.tgt_in))
 
 
 def test_configure_makes_the_int8_copy_once(reverse_translators: dict) -> None:

@@ -14,6 +14,7 @@ import torch
 from seq2seq.config import DecodeConfig
 from seq2seq.devices import resolve_precision
 from seq2seq.errors import ConfigError
+from seq2seq.models.transformer import FeedForward
 
 
 def for_inference(model: torch.nn.Module, decode: DecodeConfig) -> torch.nn.Module:
@@ -35,13 +36,28 @@ def for_inference(model: torch.nn.Module, decode: DecodeConfig) -> torch.nn.Modu
 
 def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
     """Dynamic int8 quantization of every linear layer (weights int8, activations
-    quantized on the fly), for CPU inference. Embeddings and layer norms stay fp32."""
+    quantized on the fly; fbgemm's kernels), for CPU inference, each Transformer
+    feed-forward ReLU fused into the product before it. Embeddings and layer norms stay
+    fp32.
+
+    ``torch.ao.quantization`` is deprecated upstream in favour of torchao, but torchao's
+    eager int8 dynamic linear (0.18) ran 3-7x slower than these kernels on the CPU.
+    """
     try:
-        from torch.ao.quantization import quantize_dynamic
+        import torch.ao.nn.intrinsic as fused
+        from torch.ao.quantization import fuse_modules, quantize_dynamic
     except ImportError:  # pragma: no cover - depends on the PyTorch build
         raise ConfigError(
             "decode.quantize: int8 needs torch.ao.quantization, which this PyTorch lacks"
         ) from None
+    pairs = [
+        [f"{name}.inner", f"{name}.act"]
+        for name, module in model.named_modules()
+        if isinstance(module, FeedForward)
+    ]
     with warnings.catch_warnings():  # deprecated upstream in favour of torchao
         warnings.simplefilter("ignore")
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)  # a copy
+        copied = fuse_modules(model, pairs) if pairs else copy.deepcopy(model)
+        return quantize_dynamic(
+            copied, {torch.nn.Linear, fused.LinearReLU}, dtype=torch.qint8, inplace=True
+        )

@@ -147,17 +147,21 @@ class MultiHeadAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
+    """``outer(dropout(relu(inner(x))))``. The ReLU is a module so that an int8 copy can
+    fuse it into ``inner`` (``inference.compress``); it runs in place of the product's
+    fresh output (whose backward needs only the result)."""
+
     def __init__(self, dim: int, ff_dim: int, dropout: float):
         super().__init__()
-        self.inner, self.outer, self.dropout = (
+        self.inner, self.act, self.outer, self.dropout = (
             nn.Linear(dim, ff_dim),
+            nn.ReLU(inplace=True),
             nn.Linear(ff_dim, dim),
             dropout,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # relu in place of the product's fresh output (its backward needs only the result)
-        hidden = F.relu(self.inner(x), inplace=True)
+        hidden = self.act(self.inner(x))
         return self.outer(dropout(hidden, self.dropout, self.training))
 
 
