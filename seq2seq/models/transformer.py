@@ -148,14 +148,14 @@ class MultiHeadAttention(nn.Module):
 
 class FeedForward(nn.Module):
     """``outer(dropout(relu(inner(x))))``. The ReLU is a module so that an int8 copy can
-    fuse it into ``inner`` (``inference.compress``); it runs in place of the product's
-    fresh output (whose backward needs only the result)."""
+    fuse it into ``inner`` (``inference.compress``). Not in place: the product's output
+    is a view of a 2-D product, and autograd would copy the whole of it back."""
 
     def __init__(self, dim: int, ff_dim: int, dropout: float):
         super().__init__()
         self.inner, self.act, self.outer, self.dropout = (
             nn.Linear(dim, ff_dim),
-            nn.ReLU(inplace=True),
+            nn.ReLU(),
             nn.Linear(ff_dim, dim),
             dropout,
         )
