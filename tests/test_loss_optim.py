@@ -292,6 +292,23 @@ def test_fused_output_layer_under_bf16_autocast_matches_the_layers_products():
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
 
 
+def test_fp16_autocast_keeps_small_gradients_through_loss_scaling():
+    """Under fp16 autocast the loss stays unfused: the logits' gradient of the unlikely
+    classes (~2e-9, below fp16's smallest) survives when the loss is scaled first, as
+    a GradScaler does; made before scaling, it would be flushed to zero."""
+    from seq2seq.training.loss import linear_cross_entropy
+
+    layer = torch.nn.Linear(4, 50, bias=False)
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.weight[0] = 5.0  # class 0 at logit 20, the others at 0
+    features, target = torch.ones(8, 4), torch.zeros(8, dtype=torch.long)
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = linear_cross_entropy(features, layer, target, 0.0)
+    (loss * 2.0**16).backward()
+    assert bool((layer.weight.grad[1:] > 0).all())
+
+
 @pytest.mark.parametrize("arch", ["transformer", "rnn"])
 def test_batch_loss_fuses_the_output_layer_of_both_families(arch):
     """batch_loss through the fused output layer gives the loss and gradients of the

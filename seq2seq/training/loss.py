@@ -157,11 +157,16 @@ def linear_cross_entropy(
         target: gold ids ``[tokens]`` (no padding).
         label_smoothing: mass spread uniformly over the vocabulary.
         block: logits made at a time (rows of ``vocab`` entries; 16 MB in fp32).
+
+    Under fp16 autocast (CUDA) it is the unfused computation: the fused gradient is made
+    before the loss is scaled, and fp16 would flush its small entries to zero.
     """
     weight, bias = layer.weight, layer.bias
     device = features.device.type
     if torch.is_autocast_enabled(device):  # the dtype the layer's product would take
         dtype = torch.get_autocast_dtype(device)
+        if dtype == torch.float16:  # the logits' gradient would underflow before loss scaling
+            return smoothed_cross_entropy(layer(features), target, label_smoothing)
         features, weight = features.to(dtype), weight.to(dtype)
         bias = None if bias is None else bias.to(dtype)
     rows = max(1, block // weight.size(0))
