@@ -41,7 +41,7 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
     fp32.
 
     ``torch.ao.quantization`` is deprecated upstream in favour of torchao, but torchao's
-    eager int8 dynamic linear (0.18) ran 3-7x slower than these kernels on the CPU.
+    eager int8 dynamic linear (0.18) ran 2-7x slower than these kernels on the CPU.
     """
     try:
         import torch.ao.nn.intrinsic as fused
