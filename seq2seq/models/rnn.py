@@ -247,9 +247,10 @@ class RNNSeq2Seq(Seq2SeqModel):
         return Encoded(states=states, mask=mask, final=final, ids=ids)
 
     def init_state(self, encoded: Encoded, attention: bool = True) -> RNNState:
-        # the weights are part of the step (the context vector): always returned
-        attention = self.decoder.attention
-        keys = attention.keys(encoded.states) if attention is not None else None
+        # ``attention`` is ignored: the weights are part of the step (the context
+        # vector), so they are always returned
+        scorer = self.decoder.attention
+        keys = scorer.keys(encoded.states) if scorer is not None else None
         hidden = self.bridge(encoded.final)
         feed = coverage = None
         if self.decoder.input_feeding:
