@@ -34,6 +34,25 @@ def sequence_loss(
     )
 
 
+def _smoothed_terms(shifted: torch.Tensor, target: torch.Tensor, eps: float):
+    """The summed label-smoothed loss of logits already shifted by their rows' maxima
+    (``[tokens, vocab]``, turned into ``exp(shifted)`` in place), with those exps and
+    their row sums: ``loss = log(sums) - (1 - eps) * shifted[y] - eps * mean(shifted)``."""
+    loss = -(1.0 - eps) * shifted.gather(1, target.unsqueeze(1)).sum()
+    if eps:
+        loss = loss - eps / shifted.size(1) * shifted.sum()
+    exps = shifted.exp_()
+    sums = exps.sum(dim=1)  # [tokens]: lse - m = log(sums)
+    return loss + sums.log().sum(), exps, sums
+
+
+def _smoothed_gradient(exps, sums, target, eps: float, scale: torch.Tensor) -> torch.Tensor:
+    """``scale * (softmax - q)``, ``q = (1 - eps) * onehot(y) + eps / V``, in place of
+    ``exps``: one pass over them, then the target's share."""
+    grad = torch.addcmul(-scale * (eps / exps.size(1)), exps, (scale / sums).unsqueeze(1), out=exps)
+    return grad.scatter_add_(1, target.unsqueeze(1), (scale * (eps - 1.0)).expand(grad.size(0), 1))
+
+
 class _SmoothedCrossEntropy(torch.autograd.Function):
     """Summed label-smoothed cross-entropy over ``[tokens, vocab]`` logits, fused.
 
@@ -49,23 +68,15 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
         shifted = logits - logits.amax(dim=1, keepdim=True)  # [tokens, vocab]
-        loss = -(1.0 - eps) * shifted.gather(1, target.unsqueeze(1)).sum()
-        if eps:
-            loss = loss - eps * shifted.mean(dim=1).sum()
-        exps = shifted.exp_()
-        sums = exps.sum(dim=1)  # [tokens]: lse - m = log(sums)
+        loss, exps, sums = _smoothed_terms(shifted, target, eps)
         ctx.save_for_backward(exps, sums, target)
         ctx.eps = eps
-        return loss + sums.log().sum()
+        return loss
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         exps, sums, target = ctx.saved_tensors
-        eps, vocab = ctx.eps, exps.size(1)
-        # grad * (softmax - eps / V), in one pass over exps, then the target's share
-        g = torch.addcmul(-grad * (eps / vocab), exps, (grad / sums).unsqueeze(1), out=exps)
-        g.scatter_add_(1, target.unsqueeze(1), (grad * (eps - 1.0)).expand(g.size(0), 1))
-        return g, None, None
+        return _smoothed_gradient(exps, sums, target, ctx.eps, grad), None, None
 
 
 def smoothed_cross_entropy(
@@ -95,23 +106,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_features = torch.empty_like(features)
             grad_weight = weight.new_zeros(weight.shape, dtype=torch.float32)
             grad_bias = None if bias is None else weight.new_zeros(vocab, dtype=torch.float32)
-            smoothing = torch.tensor(-eps / vocab, device=weight.device)
+            one = torch.ones((), device=weight.device)
         loss = torch.zeros((), device=features.device)
         for start in range(0, tokens, rows):
             x, y = features[start : start + rows], target[start : start + rows]
             logits = (x @ weight.T if bias is None else torch.addmm(bias, x, weight.T)).float()
-            shifted = logits.sub_(logits.amax(dim=1, keepdim=True))
-            loss -= (1.0 - eps) * shifted.gather(1, y.unsqueeze(1)).sum()
-            if eps:
-                loss -= eps / vocab * shifted.sum()
-            exps = shifted.exp_()
-            sums = exps.sum(dim=1)
-            loss += sums.log().sum()
+            block_loss, exps, sums = _smoothed_terms(
+                logits.sub_(logits.amax(dim=1, keepdim=True)), y, eps
+            )
+            loss += block_loss
             if not grads:
                 continue
-            # softmax - q, with q = (1 - eps) * onehot(y) + eps / V, in place of exps
-            grad = torch.addcmul(smoothing, exps, sums.reciprocal_().unsqueeze(1), out=exps)
-            grad.scatter_add_(1, y.unsqueeze(1), grad.new_full((y.numel(), 1), eps - 1.0))
+            grad = _smoothed_gradient(exps, sums, y, eps, one)
             if grad_bias is not None:
                 grad_bias += grad.sum(0)
             grad = grad.to(features.dtype)
