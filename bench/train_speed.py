@@ -141,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--compare runs in one process, not under torchrun")
     if compare and not SHARED_BENCH.is_dir():
         parser.error(f"--compare needs the yardsticks in {SHARED_BENCH}, which is missing")
+    if args.run_dir is not None:
+        try:
+            args.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            parser.error(f"--run-dir: cannot create {args.run_dir}: {err.strerror}")
     result = measure(args.config, args.overrides, args.steps, args.warmup, args.run_dir)
     if result["rank"]:
         return 0
