@@ -36,6 +36,7 @@ import torch
 from seq2seq.checkpoint import load_checkpoint, save_checkpoint
 from seq2seq.data.corpus import read_lines
 from seq2seq.devices import cpu_bf16_summary
+from seq2seq.errors import guarded
 from seq2seq.inference import Translator
 from seq2seq.metrics import bleu
 from seq2seq.models.prune import prunable
@@ -202,4 +203,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(Path(__file__).name, main))

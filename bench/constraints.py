@@ -18,12 +18,14 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 from seq2seq.data.corpus import read_lines
 from seq2seq.data.vocab import UNK
 from seq2seq.devices import cpu_bf16_summary
+from seq2seq.errors import guarded
 from seq2seq.inference import Translator
 from seq2seq.metrics import bleu
 from seq2seq.rundir import RunDir
@@ -136,4 +138,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(Path(__file__).name, main))

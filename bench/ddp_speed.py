@@ -20,6 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from seq2seq.config import load_config
+from seq2seq.errors import guarded
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -77,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (default 10)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
+    load_config(args.config, args.overrides)  # a bad config is named here, not by a child
     result = measure(args.config, args.overrides, args.ranks, args.steps, args.warmup)
     if args.json:
         print(json.dumps(result))
@@ -95,4 +99,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(Path(__file__).name, main))

@@ -25,6 +25,7 @@ import torch
 
 from seq2seq.data.corpus import read_lines
 from seq2seq.devices import cpu_bf16_summary
+from seq2seq.errors import guarded
 from seq2seq.inference import Translator
 from seq2seq.metrics import bleu
 
@@ -184,4 +185,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(Path(__file__).name, main))

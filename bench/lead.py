@@ -17,8 +17,10 @@ import argparse
 import json
 import re
 import sys
+from pathlib import Path
 
 from seq2seq import metrics
+from seq2seq.errors import guarded
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -57,4 +59,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(Path(__file__).name, main))

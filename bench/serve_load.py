@@ -38,6 +38,8 @@ from pathlib import Path
 
 import httpx
 
+from seq2seq.errors import guarded
+
 MODES = {"batched": [], "one-at-a-time": ["--max-wait-ms", "0", "--max-batch", "1"]}
 
 
@@ -312,4 +314,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(guarded(Path(__file__).name, main))

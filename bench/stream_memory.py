@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from seq2seq.errors import guarded
+
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "configs" / "joeynmt-match.yaml"
 MULTI30K = HERE.parent.parent / "shared" / "data" / "multi30k"
@@ -180,4 +182,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(Path(__file__).name, main))

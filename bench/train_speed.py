@@ -38,6 +38,7 @@ import torch
 from seq2seq.config import load_config
 from seq2seq.data.prepare import load_training
 from seq2seq.devices import cpu_bf16_summary
+from seq2seq.errors import guarded
 from seq2seq.rundir import RunDir
 from seq2seq.training.distributed import launched, process_group
 from seq2seq.training.driver import prepare
@@ -183,4 +184,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(Path(__file__).name, main))

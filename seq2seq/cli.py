@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from seq2seq import metrics as metrics_lib
-from seq2seq.errors import ConfigError, DataError, Seq2SeqError
+from seq2seq.errors import ConfigError, DataError, guarded
 
 PRECISIONS = ("fp32", "bf16", "auto")
 PRECISION_HELP = "inference arithmetic (auto: bf16 where the device computes it natively)"
@@ -744,18 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     console.setLevel(logging.INFO)
     console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[console])
-    try:
-        code = args.func(args)
-    except Seq2SeqError as err:
-        print(f"seq2seq {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"seq2seq {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # e.g. `seq2seq translate RUN | head`: the reader left
-        sys.stderr.close()
-        return 0
-    return code or 0
+    return guarded(f"seq2seq {args.command}", args.func, args)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,20 @@ def test_train_speed_names_a_run_dir_it_cannot_make(tmp_path, capsys) -> None:
         _script("train_speed").main(argv)
     assert exit_.value.code == 2
     assert f"--run-dir: cannot create {blocker / 'run'}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "script", ["compress", "constraints", "ddp_speed", "decode_speed", "serve_load"]
+)
+def test_a_missing_run_is_one_line_naming_it_not_a_traceback(script, tmp_path) -> None:
+    missing = tmp_path / "no-run"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / f"{script}.py"), str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"{script}.py: error: ")
+    assert str(missing) in done.stderr
