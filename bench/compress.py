@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from seq2seq.checkpoint import load_checkpoint, save_checkpoint
+from seq2seq.cli import at_least
 from seq2seq.data.corpus import read_lines
 from seq2seq.devices import cpu_bf16_summary
 from seq2seq.errors import guarded
@@ -148,10 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a trained Transformer run directory (its best checkpoint)")
     parser.add_argument("--work", help="where the compressed runs go (default: RUN-compress)")
-    parser.add_argument("--finetune-steps", type=int, default=400, help="after pruning (400)")
-    parser.add_argument("--student-time", type=float, default=1200.0, help="seconds (1200)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (2)")
-    parser.add_argument("--n", type=int, help="only the first N test sentences (default: all)")
+    parser.add_argument(
+        "--finetune-steps", type=at_least(0), default=400, help="after pruning (400)"
+    )
+    parser.add_argument("--student-time", type=at_least(1.0), default=1200.0, help="seconds (1200)")
+    parser.add_argument("--threads", type=at_least(1), default=2, help="torch threads (2)")
+    parser.add_argument(
+        "--n", type=at_least(1), help="only the first N test sentences (default: all)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from seq2seq.cli import at_least
 from seq2seq.data.corpus import read_lines
 from seq2seq.data.vocab import UNK
 from seq2seq.devices import cpu_bf16_summary
@@ -67,12 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", help="a run directory (its best checkpoint)")
     parser.add_argument("--src", help="source sentences (default: the run's data.test)")
     parser.add_argument("--ref", help="references (default: the run's data.test)")
-    parser.add_argument("--n", type=int, default=200, help="sentences (default 200)")
-    parser.add_argument("--beam", type=int, default=5, help="beam size (default 5)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed sentences first")
+    parser.add_argument("--n", type=at_least(1), default=200, help="sentences (default 200)")
+    parser.add_argument("--beam", type=at_least(1), default=5, help="beam size (default 5)")
+    parser.add_argument("--threads", type=at_least(1), default=2, help="torch threads")
+    parser.add_argument("--warmup", type=at_least(0), default=20, help="untimed sentences first")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
+    if bool(args.src) != bool(args.ref):
+        parser.error("--src and --ref go together (or neither: the run's data.test)")
     torch.set_num_threads(args.threads)
     if args.src and args.ref:
         sources, references = read_lines(args.src), read_lines(args.ref)

@@ -20,6 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from seq2seq.cli import at_least
 from seq2seq.config import load_config
 from seq2seq.errors import guarded
 
@@ -75,9 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    parser.add_argument("--ranks", type=int, default=2, help="processes (default 2)")
-    parser.add_argument("--steps", type=int, default=60, help="timed steps (default 60)")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (default 10)")
+    parser.add_argument("--ranks", type=at_least(1), default=2, help="processes (default 2)")
+    parser.add_argument("--steps", type=at_least(1), default=60, help="timed steps (default 60)")
+    parser.add_argument(
+        "--warmup", type=at_least(0), default=10, help="untimed steps first (default 10)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     load_config(args.config, args.overrides)  # a bad config is named here, not by a child

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from seq2seq.cli import at_least
 from seq2seq.data.corpus import read_lines
 from seq2seq.devices import cpu_bf16_summary
 from seq2seq.errors import guarded
@@ -167,13 +168,19 @@ def main() -> None:
     parser.add_argument("--ct2", help="an existing 'seq2seq export' directory of the run")
     parser.add_argument("--src", help="source sentences (default: the run's data.test)")
     parser.add_argument("--ref", help="references (default: the run's data.test)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for every engine")
-    parser.add_argument("--warmup", type=int, default=100, help="sentences decoded untimed")
-    parser.add_argument("--repeat", type=int, default=1, help="timed passes; the fastest counts")
+    parser.add_argument(
+        "--threads", type=at_least(1), default=2, help="CPU threads for every engine"
+    )
+    parser.add_argument("--warmup", type=at_least(0), default=100, help="sentences decoded untimed")
+    parser.add_argument(
+        "--repeat", type=at_least(1), default=1, help="timed passes; the fastest counts"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child process: one mode
     parser.add_argument("--outputs", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if bool(args.src) != bool(args.ref):
+        parser.error("--src and --ref go together (or neither: the run's data.test)")
     if args.one:
         run_one(args)
         return

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import httpx
 
+from seq2seq.cli import at_least
 from seq2seq.errors import guarded
 
 MODES = {"batched": [], "one-at-a-time": ["--max-wait-ms", "0", "--max-batch", "1"]}
@@ -282,10 +283,12 @@ def table(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a run directory (its best checkpoint is served)")
-    parser.add_argument("--requests", type=int, default=2000, help="single-sentence requests")
-    parser.add_argument("--clients", type=int, default=64, help="concurrent clients")
+    parser.add_argument(
+        "--requests", type=at_least(1), default=2000, help="single-sentence requests"
+    )
+    parser.add_argument("--clients", type=at_least(1), default=64, help="concurrent clients")
     parser.add_argument("--src", help="source sentences (default: the run's data.test)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for decoding")
+    parser.add_argument("--threads", type=at_least(1), default=2, help="CPU threads for decoding")
     parser.add_argument("--modes", default="batched,one-at-a-time", help="server modes")
     parser.add_argument(
         "--server-flags", default="", help="more serve flags for 'batched', e.g. '--max-wait-ms 20'"

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seq2seq.cli import at_least
 from seq2seq.errors import guarded
 
 HERE = Path(__file__).resolve().parent
@@ -127,9 +128,11 @@ def train(name: str, out: Path, overrides: list[str], steps: int, threads: int) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lines", type=int, default=20_000_000, help="synthetic line pairs")
-    parser.add_argument("--steps", type=int, default=200, help="updates of each run")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads of each run")
+    parser.add_argument(
+        "--lines", type=at_least(1), default=20_000_000, help="synthetic line pairs"
+    )
+    parser.add_argument("--steps", type=at_least(1), default=200, help="updates of each run")
+    parser.add_argument("--threads", type=at_least(1), default=2, help="torch threads of each run")
     parser.add_argument("--dir", type=Path, help="where the corpus goes (kept; default: temp)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)

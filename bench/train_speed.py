@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from seq2seq.cli import at_least
 from seq2seq.config import load_config
 from seq2seq.data.prepare import load_training
 from seq2seq.devices import cpu_bf16_summary
@@ -117,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    parser.add_argument("--steps", type=int, default=60, help="timed steps (default 60)")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (default 10)")
+    parser.add_argument("--steps", type=at_least(1), default=60, help="timed steps (default 60)")
+    parser.add_argument(
+        "--warmup", type=at_least(0), default=10, help="untimed steps first (default 10)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--run-dir", type=Path, help="where tokenizers and cache go (default: a temporary one)"
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated yardsticks run afterwards: floor, joeynmt (see above)",
     )
     parser.add_argument(
-        "--compare-seconds", type=float, default=120.0, help="each yardstick's budget (120)"
+        "--compare-seconds", type=at_least(1.0), default=120.0, help="each yardstick's budget (120)"
     )
     args = parser.parse_intermixed_args(argv)  # key=value before or after the options
     if launched() and args.run_dir is None:

@@ -475,7 +475,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def _at_least(low: float):
+def at_least(low: float):
     """An argparse type: a number (int when ``low`` is one) no smaller than ``low``."""
     kind = type(low)
 
@@ -698,13 +698,13 @@ def _add_serve_command(sub) -> None:
     g = p.add_argument_group("batching and limits")
     g.add_argument(
         "--max-wait-ms",
-        type=_at_least(0.0),
+        type=at_least(0.0),
         default=5.0,
         help="how long a request waits for others to share its batch (default: 5)",
     )
     g.add_argument(
         "--max-batch",
-        type=_at_least(0),
+        type=at_least(0),
         default=0,
         help="most sentences decoded together (default 0: decode.batch_tokens alone)",
     )
@@ -721,7 +721,7 @@ def _add_serve_command(sub) -> None:
     )
     g.add_argument(
         "--timeout",
-        type=_at_least(0.001),
+        type=at_least(0.001),
         default=60.0,
         help="seconds a request may take (default: 60)",
     )

@@ -52,3 +52,35 @@ def test_a_missing_run_is_one_line_naming_it_not_a_traceback(script, tmp_path) -
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith(f"{script}.py: error: ")
     assert str(missing) in done.stderr
+
+
+@pytest.mark.parametrize(
+    "script, args, message",
+    [
+        ("decode_speed", ["--threads", "0"], "argument --threads: must be at least 1, got 0"),
+        ("decode_speed", ["--src", "x.de"], "--src and --ref go together"),
+        ("constraints", ["--ref", "x.en"], "--src and --ref go together"),
+        ("serve_load", ["--clients", "0"], "argument --clients: must be at least 1, got 0"),
+        ("compress", ["--student-time", "0"], "argument --student-time: must be at least 1.0"),
+    ],
+)
+def test_bad_arguments_are_usage_errors_before_any_work(script, args, message, tmp_path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / f"{script}.py"), str(tmp_path / "run"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert f"{script}.py: error: {message}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("script", ["train_speed", "ddp_speed", "stream_memory"])
+def test_step_and_line_counts_must_be_positive(script, capsys) -> None:
+    config = [] if script == "stream_memory" else [str(ROOT / "examples" / "dates.yaml")]
+    flag = "--lines" if script == "stream_memory" else "--steps"
+    with pytest.raises(SystemExit) as exit_:
+        _script(script).main([*config, flag, "0"])
+    assert exit_.value.code == 2
+    assert f"argument {flag}: must be at least 1, got 0" in capsys.readouterr().err
