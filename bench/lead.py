@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 
 from seq2seq import metrics
+from seq2seq.cli import at_least
+from seq2seq.data.corpus import read_lines
 from seq2seq.errors import guarded
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -31,22 +33,17 @@ def lead(text: str, n: int, sep: str | None) -> str:
     return " ".join(unit.strip() for unit in units[:n] if unit.strip())
 
 
-def _read(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("src", help="one source text a line")
     parser.add_argument("--ref", action="append", required=True, help="references (repeatable)")
-    parser.add_argument("--n", type=int, default=3, help="units kept (default 3)")
+    parser.add_argument("--n", type=at_least(1), default=3, help="units kept (default 3)")
     parser.add_argument("--sep", default=None, help="unit separator (default: sentences)")
     parser.add_argument("--metrics", default="rouge", help="comma-separated (default rouge)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    summaries = [lead(text, args.n, args.sep) for text in _read(args.src)]
-    refs = [_read(path) for path in args.ref]
+    summaries = [lead(text, args.n, args.sep) for text in read_lines(args.src)]
+    refs = [read_lines(path) for path in args.ref]
     try:
         scores = metrics.compute(summaries, refs, args.metrics.split(","))
     except ValueError as err:

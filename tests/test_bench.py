@@ -84,3 +84,15 @@ def test_step_and_line_counts_must_be_positive(script, capsys) -> None:
         _script(script).main([*config, flag, "0"])
     assert exit_.value.code == 2
     assert f"argument {flag}: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_lead_names_a_missing_file(tmp_path) -> None:
+    missing = tmp_path / "valid.src"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "lead.py"), str(missing), "--ref", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"lead.py: error: file not found: {missing}")
