@@ -434,9 +434,9 @@ def _add_model_args(p: argparse.ArgumentParser, ensembles: bool = True, device: 
 
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("decoding (overrides the run's decode settings)")
-    g.add_argument("--beam", type=_positive, metavar="K", help="beam search with K hypotheses")
+    g.add_argument("--beam", type=at_least(1), metavar="K", help="beam search with K hypotheses")
     g.add_argument(
-        "--nbest", type=_positive, metavar="N", help="print N hypotheses a sentence (beam)"
+        "--nbest", type=at_least(1), metavar="N", help="print N hypotheses a sentence (beam)"
     )
     g.add_argument("--sample", action="store_true", help="sample instead of searching")
     g.add_argument("--seed", type=int, help="random seed of --sample (reproducible output)")
@@ -468,13 +468,6 @@ def _add_tag_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--task", metavar="NAME", help="task, e.g. summarize (adds <task:NAME>)")
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def at_least(low: float):
     """An argparse type: a number (int when ``low`` is one) no smaller than ``low``."""
     kind = type(low)
@@ -485,6 +478,7 @@ def at_least(low: float):
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
         return value
 
+    parse.__name__ = kind.__name__  # argparse's "invalid int value: 'x'"
     return parse
 
 
@@ -512,7 +506,7 @@ def _add_training_commands(sub) -> None:
 
     p = sub.add_parser("average", help="average the weights of the last N checkpoints")
     p.add_argument("run_dir", help="a run directory written by 'seq2seq train'")
-    p.add_argument("--last", type=_positive, default=5, help="how many checkpoints (default: 5)")
+    p.add_argument("--last", type=at_least(1), default=5, help="how many checkpoints (default: 5)")
     p.add_argument(
         "--out",
         help="output file (default: the run's averaged checkpoint, used "
@@ -543,18 +537,18 @@ def _add_training_commands(sub) -> None:
         choices=["global", "layer"],
         help="magnitude: rank all weights together (global) or each matrix alike (layer)",
     )
-    p.add_argument("--heads", type=_positive, help="structured: heads kept per layer (half)")
+    p.add_argument("--heads", type=at_least(1), help="structured: heads kept per layer (half)")
     p.add_argument(
-        "--ff-dim", type=_positive, help="structured: feed-forward neurons kept per layer (half)"
+        "--ff-dim", type=at_least(1), help="structured: feed-forward neurons kept per layer (half)"
     )
     p.add_argument(
         "--output-dim",
-        type=_positive,
+        type=at_least(1),
         help="structured RNN: units of the attentional layer h~ kept (half)",
     )
     p.add_argument(
         "--dec-layers",
-        type=_positive,
+        type=at_least(1),
         help="structured Transformer: decoder layers kept (all), dropping one at a time "
         "the layer whose removal raises the validation loss least",
     )
@@ -574,7 +568,7 @@ def _add_training_commands(sub) -> None:
     p.add_argument("config", help="the student's YAML config (its data.train is translated)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.add_argument("--out", required=True, help="the student's run directory")
-    p.add_argument("--beam", type=_positive, default=5, help="the teacher's beam size (5)")
+    p.add_argument("--beam", type=at_least(1), default=5, help="the teacher's beam size (5)")
     p.add_argument("--resume", action="store_true", help="continue the student's training")
     p.set_defaults(func=cmd_distill)
 
@@ -619,7 +613,7 @@ def _add_decoding_commands(sub) -> None:
     _add_model_args(p)
     p.add_argument(
         "--context-turns",
-        type=_positive,
+        type=at_least(1),
         metavar="N",
         help="turns the model sees, yours included (default: the run's data.context_turns)",
     )
@@ -691,9 +685,9 @@ def _add_serve_command(sub) -> None:
     p.add_argument(
         "--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto, cpu or cuda"
     )
-    p.add_argument("--threads", type=_positive, help="CPU threads per decoding (default: all)")
+    p.add_argument("--threads", type=at_least(1), help="CPU threads per decoding (default: all)")
     p.add_argument(
-        "--decoders", type=_positive, default=1, help="batches decoded at once (default: 1)"
+        "--decoders", type=at_least(1), default=1, help="batches decoded at once (default: 1)"
     )
     g = p.add_argument_group("batching and limits")
     g.add_argument(
@@ -708,14 +702,16 @@ def _add_serve_command(sub) -> None:
         default=0,
         help="most sentences decoded together (default 0: decode.batch_tokens alone)",
     )
-    g.add_argument("--max-queue", type=_positive, default=1024, help="waiting requests before 503s")
-    g.add_argument("--max-texts", type=_positive, default=64, help="texts per request")
-    g.add_argument("--max-chars", type=_positive, default=2000, help="characters per text")
-    g.add_argument("--max-body", type=_positive, default=1_000_000, help="bytes per request body")
-    g.add_argument("--max-beam", type=_positive, default=16, help="beam size a request may ask")
+    g.add_argument(
+        "--max-queue", type=at_least(1), default=1024, help="waiting requests before 503s"
+    )
+    g.add_argument("--max-texts", type=at_least(1), default=64, help="texts per request")
+    g.add_argument("--max-chars", type=at_least(1), default=2000, help="characters per text")
+    g.add_argument("--max-body", type=at_least(1), default=1_000_000, help="bytes per request body")
+    g.add_argument("--max-beam", type=at_least(1), default=16, help="beam size a request may ask")
     g.add_argument(
         "--max-output-len",
-        type=_positive,
+        type=at_least(1),
         default=512,
         help="output tokens a request's decode settings may allow beyond the run's (default: 512)",
     )

@@ -96,3 +96,9 @@ def test_lead_names_a_missing_file(tmp_path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.startswith(f"lead.py: error: file not found: {missing}")
+
+
+def test_a_count_that_is_not_a_number_is_named_by_its_type(capsys) -> None:
+    with pytest.raises(SystemExit):
+        _script("train_speed").main([str(ROOT / "examples" / "dates.yaml"), "--steps", "two"])
+    assert "argument --steps: invalid int value: 'two'" in capsys.readouterr().err
