@@ -269,6 +269,32 @@ def test_output_layer_fused_with_the_loss_matches_pytorch(eps, bias):
         torch.testing.assert_close(linear_cross_entropy(features, layer, target, eps), ref)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_output_layer_is_exact_where_the_gold_probability_underflows(bias):
+    """Logits over 150 apart (the gold token's probability is 0 in fp32) and a target
+    repeated within and across blocks: the loss and gradients still equal float64
+    PyTorch's, none of them infinite."""
+    from seq2seq.training.loss import linear_cross_entropy
+
+    torch.manual_seed(1)
+    layer = torch.nn.Linear(4, 9, bias=bias)
+    with torch.no_grad():
+        layer.weight.mul_(100.0)
+    features = torch.randn(12, 4, requires_grad=True)
+    target = torch.tensor([3, 3, 0, 8, 3, 1, 1, 5, 3, 0, 2, 3])
+    ours = linear_cross_entropy(features, layer, target, 0.1, block=36)
+    got = torch.autograd.grad(ours, [features, *layer.parameters()])
+    params64 = [p.detach().double().requires_grad_() for p in (features, *layer.parameters())]
+    logits = torch.nn.functional.linear(*params64)
+    assert (logits.max(1).values - logits.gather(1, target[:, None]).squeeze(1)).max() > 150
+    ref = torch.nn.functional.cross_entropy(logits, target, label_smoothing=0.1, reduction="sum")
+    want = torch.autograd.grad(ref, params64)
+    assert torch.isfinite(ours)
+    torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=1e-3)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-4)
+
+
 def test_fused_output_layer_under_bf16_autocast_matches_the_layers_products():
     """Under autocast the products run in bf16 as the layer's would; the loss and the
     gradients stay within bf16 rounding of the unfused path."""

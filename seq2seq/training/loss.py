@@ -94,6 +94,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
     pass also computes the gradients of the features, weight and bias (the same two
     products as the layer's own backward pass), and the backward pass only scales them.
 
+    A block is turned into log-probabilities in place by PyTorch's fused
+    ``log_softmax`` and then into probabilities ``p``; nothing else passes over it
+    but the products and the bias's column sums. The loss needs only the gold entries
+    and each row's sum of logits, ``x . sum_j W_j + sum_j b_j`` (``lse = logit[y] -
+    logp[y]``). The gradient is ``p - q`` with ``q = (1 - eps) * onehot(y) + eps / V``;
+    in fp32, ``q``'s share of the products is added to their results (a gather and a
+    rank-one term) rather than subtracted from the block. Lower-precision products
+    take ``p - q`` made in fp32 first, as their rounding would otherwise cancel.
+
     Products run in the inputs' dtype (bf16 under autocast, as the layer would); the
     loss and the logits' gradient are fp32, and the weight's gradient is summed over
     blocks in fp32.
@@ -102,31 +111,51 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features, weight, bias, target, eps: float, rows: int, grads: bool):
         tokens, vocab = features.size(0), weight.size(0)
+        exact = features.dtype == torch.float32  # q's share may be moved past the products
+        weight_sum = weight.float().sum(0)  # [dim]: a row's logits sum to x . weight_sum + ...
+        bias_sum = 0.0 if bias is None else bias.float().sum()
         if grads:
             grad_features = torch.empty_like(features)
             grad_weight = weight.new_zeros(weight.shape, dtype=torch.float32)
             grad_bias = None if bias is None else weight.new_zeros(vocab, dtype=torch.float32)
-            one = torch.ones((), device=weight.device)
         loss = torch.zeros((), device=features.device)
         for start in range(0, tokens, rows):
             x, y = features[start : start + rows], target[start : start + rows]
             logits = (x @ weight.T if bias is None else torch.addmm(bias, x, weight.T)).float()
-            block_loss, exps, sums = _smoothed_terms(
-                logits.sub_(logits.amax(dim=1, keepdim=True)), y, eps
-            )
-            loss += block_loss
+            gold = logits.gather(1, y.unsqueeze(1)).squeeze(1)
+            logp = torch.log_softmax(logits, dim=1, out=logits)  # in place
+            gold_logp = logp.gather(1, y.unsqueeze(1)).squeeze(1)
+            # -(1 - eps) logp[y] - eps / V * sum_j logp_j, where sum_j logp_j is the
+            # row's sum of logits less V * lse, and lse = logit[y] - logp[y].
+            row_sums = x.float() @ weight_sum + bias_sum
+            lse = gold - gold_logp
+            loss += (eps * lse - (1.0 - eps) * gold_logp - eps / vocab * row_sums).sum()
             if not grads:
                 continue
-            grad = _smoothed_gradient(exps, sums, y, eps, one)
+            grad = logp.exp_()  # p
+            if not exact:  # p - q before rounding to the products' dtype
+                grad.sub_(eps / vocab).scatter_add_(
+                    1, y.unsqueeze(1), grad.new_full((grad.size(0), 1), eps - 1.0)
+                )
             if grad_bias is not None:
                 grad_bias += grad.sum(0)
             grad = grad.to(features.dtype)
-            torch.mm(grad, weight, out=grad_features[start : start + rows])
+            block_features = grad_features[start : start + rows]
+            torch.mm(grad, weight, out=block_features)
             if grad_weight.dtype == grad.dtype:
                 grad_weight.addmm_(grad.T, x)
             else:
                 grad_weight += grad.T @ x
+            if exact:  # q's share: -(1 - eps) W[y] - eps / V * weight_sum, and for W
+                block_features.sub_(weight[y], alpha=1.0 - eps).sub_(weight_sum, alpha=eps / vocab)
+                grad_weight.index_add_(0, y, x, alpha=eps - 1.0)
         if grads:
+            if exact:  # the rest of q's share, once for all blocks
+                grad_weight.sub_(features.sum(0), alpha=eps / vocab)
+                if grad_bias is not None:
+                    grad_bias.sub_(eps / vocab * tokens).index_add_(
+                        0, target, grad_bias.new_full((tokens,), eps - 1.0)
+                    )
             ctx.save_for_backward(grad_features, grad_weight, grad_bias)
             ctx.dtypes = weight.dtype, None if bias is None else bias.dtype
         return loss
