@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seq2seq.models.dropout import _LANES, dropout, keep_mask
+from seq2seq.models.dropout import _LANES, dropout, dropout_add, keep_mask, relu_dropout
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3])
@@ -44,3 +44,43 @@ def test_fast_dropout_keeps_one_byte_a_value_for_the_backward_pass() -> None:
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         dropout(x, 0.1, training=True)
     assert [t.dtype for t in saved] == [torch.bool]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_neighbours_equal_their_unfused_forms_and_gradients(dtype) -> None:
+    """``dropout_add`` and ``relu_dropout`` draw the same mask from the seed and give the
+    same values and gradients as the residual sum and the ReLU written out (bf16: within
+    one rounding, as ``addcmul`` rounds once); the ReLU's input holds exact zeros, whose
+    gradient is zero either way."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 33, dtype=dtype)
+    x[::3, ::2] = 0.0
+    residual = torch.randn(64, 33, dtype=dtype)
+    grad = torch.randn(64, 33, dtype=dtype)
+    tolerance = {"rtol": 0, "atol": 0} if dtype == torch.float32 else {"rtol": 0, "atol": 0.07}
+    cases = [
+        (lambda a, r: dropout_add(a, r, 0.2, True), lambda a, r: r + dropout(a, 0.2, True)),
+        (lambda a, r: relu_dropout(a, 0.2, True), lambda a, r: dropout(torch.relu(a), 0.2, True)),
+    ]
+    for fused, unfused in cases:
+        results = []
+        for fn in (fused, unfused):
+            a, r = x.clone().requires_grad_(), residual.clone().requires_grad_()
+            torch.manual_seed(5)
+            out = fn(a, r)
+            out.backward(grad)
+            results.append((out, a.grad, r.grad))
+        for got, want in zip(*results, strict=True):
+            assert (got is None) == (want is None)
+            if got is not None:
+                torch.testing.assert_close(got, want, **tolerance)
+    assert torch.equal(dropout_add(x, residual, 0.2, False), residual + x)
+    assert torch.equal(relu_dropout(x, 0.2, False), torch.relu(x))
+
+
+def test_relu_dropout_keeps_only_its_output_for_the_backward_pass() -> None:
+    saved: list[torch.Tensor] = []
+    x = torch.randn(8, 16, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = relu_dropout(x, 0.1, training=True)
+    assert len(saved) == 1 and saved[0] is out

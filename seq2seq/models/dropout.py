@@ -8,7 +8,9 @@ distribution up to ``p`` rounded to a multiple of 1/65536. Other devices use PyT
 The mask is applied as a 0/1 tensor of the input's dtype, made from the bytes of the
 boolean mask: multiplying a float tensor by a boolean one takes PyTorch's slow
 mixed-dtype path (~10x a same-dtype product on the CPU). Only the boolean mask is kept
-for the backward pass (one byte per element).
+for the backward pass (one byte per element). Two common neighbours are fused with it:
+the residual sum (:func:`dropout_add`, one pass instead of three) and a ReLU before it
+(:func:`relu_dropout`, whose backward pass reads the mask off its output).
 """
 
 from __future__ import annotations
@@ -32,12 +34,34 @@ def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Functional form of :class:`Dropout`."""
-    if not training or p == 0.0:
-        return x
-    if x.device.type != "cpu" or p >= 1.0:
-        return F.dropout(x, p, training)
-    # The scale is a Python float, so a bf16 input is not scaled by a rounded 1/(1-p).
-    return _Masked.apply(x, keep_mask(x.shape, p), _LANES / (_LANES - round(p * _LANES)))
+    if not _cheaper(x, p, training):
+        return F.dropout(x, p, training) if training and p > 0.0 else x
+    return _Masked.apply(x, keep_mask(x.shape, p), _scale(p))
+
+
+def dropout_add(x: torch.Tensor, residual: torch.Tensor, p: float, training: bool):
+    """``residual + dropout(x, p, training)``."""
+    if not _cheaper(x, p, training):
+        return residual + dropout(x, p, training)
+    return _MaskedAdd.apply(x, residual, keep_mask(x.shape, p), _scale(p))
+
+
+def relu_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``dropout(relu(x), p, training)``."""
+    if not _cheaper(x, p, training):
+        return dropout(torch.relu(x), p, training)
+    return _ReluMasked.apply(x, keep_mask(x.shape, p), _scale(p))
+
+
+def _cheaper(x: torch.Tensor, p: float, training: bool) -> bool:
+    """Whether the masks of this module apply (else PyTorch's dropout, or none)."""
+    return training and 0.0 < p < 1.0 and x.device.type == "cpu"
+
+
+def _scale(p: float) -> float:
+    """``1 / (1 - p)`` for ``p`` as the lanes round it. A Python float, so a bf16 input
+    is not scaled by a rounded value."""
+    return _LANES / (_LANES - round(p * _LANES))
 
 
 def _masked(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
@@ -58,6 +82,38 @@ class _Masked(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (keep,) = ctx.saved_tensors
         return _masked(grad, keep, ctx.scale), None, None
+
+
+class _MaskedAdd(torch.autograd.Function):
+    """``residual + x * keep * scale`` in one pass (``addcmul``); keeps only ``keep``."""
+
+    @staticmethod
+    def forward(ctx, x, residual, keep: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return torch.addcmul(residual, x, keep.view(torch.uint8).to(x.dtype), value=scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        return _masked(grad, keep, ctx.scale), grad, None, None
+
+
+class _ReluMasked(torch.autograd.Function):
+    """``relu(x) * keep * scale``, which keeps only its output: the gradient flows where
+    the output is positive (``x > 0`` and kept), two passes instead of four."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+        out = torch.relu(x).mul_(keep.view(torch.uint8).to(x.dtype)).mul_(scale)
+        ctx.save_for_backward(out)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad, out, 0).mul_(ctx.scale), None, None
 
 
 class Dropout(nn.Module):

@@ -17,7 +17,7 @@ from torch import nn
 
 from seq2seq.models.contract import Encoded, Seq2SeqModel
 from seq2seq.models.copy import CopyHead
-from seq2seq.models.dropout import Dropout, dropout
+from seq2seq.models.dropout import Dropout, dropout, dropout_add, relu_dropout
 
 
 class Embeddings(nn.Module):
@@ -148,8 +148,8 @@ class MultiHeadAttention(nn.Module):
 
 class FeedForward(nn.Module):
     """``outer(dropout(relu(inner(x))))``. The ReLU is a module so that an int8 copy can
-    fuse it into ``inner`` (``inference.compress``). Not in place: the product's output
-    is a view of a 2-D product, and autograd would copy the whole of it back."""
+    fuse it into ``inner`` (``inference.compress``); in training it is fused with the
+    dropout instead (:func:`relu_dropout`)."""
 
     def __init__(self, dim: int, ff_dim: int, dropout: float):
         super().__init__()
@@ -161,8 +161,9 @@ class FeedForward(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.act(self.inner(x))
-        return self.outer(dropout(hidden, self.dropout, self.training))
+        if self.training:
+            return self.outer(relu_dropout(self.inner(x), self.dropout, True))
+        return self.outer(self.act(self.inner(x)))
 
 
 class Sublayer(nn.Module):
@@ -173,9 +174,10 @@ class Sublayer(nn.Module):
         self.norm, self.dropout, self.pre_norm = nn.LayerNorm(dim), Dropout(dropout), pre_norm
 
     def forward(self, x: torch.Tensor, fn) -> torch.Tensor:
+        p = self.dropout.p
         if self.pre_norm:
-            return x + self.dropout(fn(self.norm(x)))
-        return self.norm(x + self.dropout(fn(x)))
+            return dropout_add(fn(self.norm(x)), x, p, self.training)
+        return self.norm(dropout_add(fn(x), x, p, self.training))
 
 
 class EncoderLayer(nn.Module):
