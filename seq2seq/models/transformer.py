@@ -171,13 +171,12 @@ class Sublayer(nn.Module):
 
     def __init__(self, dim: int, dropout: float, pre_norm: bool):
         super().__init__()
-        self.norm, self.dropout, self.pre_norm = nn.LayerNorm(dim), Dropout(dropout), pre_norm
+        self.norm, self.dropout, self.pre_norm = nn.LayerNorm(dim), dropout, pre_norm
 
     def forward(self, x: torch.Tensor, fn) -> torch.Tensor:
-        p = self.dropout.p
         if self.pre_norm:
-            return dropout_add(fn(self.norm(x)), x, p, self.training)
-        return self.norm(dropout_add(fn(x), x, p, self.training))
+            return dropout_add(fn(self.norm(x)), x, self.dropout, self.training)
+        return self.norm(dropout_add(fn(x), x, self.dropout, self.training))
 
 
 class EncoderLayer(nn.Module):
