@@ -3,7 +3,10 @@
 ``torch.nn.functional.dropout`` on the CPU draws one random number per element
 (``bernoulli_``) and was a fifth of a Transformer training step here. Drawing 64 random
 bits per four elements (one 16-bit lane each) is ~5x cheaper and gives the same
-distribution up to ``p`` rounded to a multiple of 1/65536. Other devices use PyTorch's.
+distribution up to ``p`` rounded to a multiple of 1/65536. The bits come from NumPy's
+SFC64 generator, about twice as fast as PyTorch's Mersenne Twister, seeded for each mask
+by a draw from PyTorch's generator: masks follow ``torch.manual_seed`` and a resumed
+run's restored generator. Other devices use PyTorch's dropout.
 
 The mask is applied as a 0/1 tensor of the input's dtype, made from the bytes of the
 boolean mask: multiplying a float tensor by a boolean one takes PyTorch's slow
@@ -15,6 +18,7 @@ the residual sum (:func:`dropout_add`, one pass instead of three) and a ReLU bef
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,8 +31,9 @@ def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
     n = 1
     for size in shape:
         n *= size
-    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
-    lanes = words.view(torch.int16)[:n].view(shape)  # uniform over [-32768, 32767]
+    seed = int(torch.randint(2**63 - 1, ()))  # from PyTorch's generator
+    words = np.random.SFC64(seed).random_raw((n + 3) // 4)  # uint64
+    lanes = torch.from_numpy(words.view(np.int16))[:n].view(shape)  # uniform, 16 bits
     return lanes >= round(p * _LANES) - _LANES // 2
 
 
