@@ -29,21 +29,32 @@ def test_fast_dropout_equals_the_plain_masked_product_and_its_gradient(dtype) ->
     y = dropout(x, 0.2, training=True)
     y.backward(grad)
     torch.manual_seed(5)
-    keep = keep_mask(x.shape, 0.2)
+    keep = keep_mask(x.shape, 0.2, torch.bool)
     scale = _LANES / (_LANES - round(0.2 * _LANES))
     plain = x.detach().clone().requires_grad_()
-    expected = plain * keep * scale  # what autograd does with the boolean mask
+    expected = plain * keep * scale  # what autograd does with a boolean mask
     expected.backward(grad)
     assert torch.equal(y, expected)
     assert torch.equal(x.grad, plain.grad)
 
 
-def test_fast_dropout_keeps_one_byte_a_value_for_the_backward_pass() -> None:
+def test_fast_dropout_keeps_only_its_mask_for_the_backward_pass() -> None:
     saved: list[torch.Tensor] = []
     x = torch.randn(8, 16, requires_grad=True)
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        dropout(x, 0.1, training=True)
-    assert [t.dtype for t in saved] == [torch.bool]
+        y = dropout(x, 0.1, training=True)
+    assert len(saved) == 1 and saved[0].shape == x.shape and saved[0].dtype == x.dtype
+    assert torch.equal(saved[0], y.ne(0).float())  # the 0/1 mask (x has no zeros)
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float32, torch.bfloat16])
+def test_keep_mask_is_the_same_draw_in_every_dtype(dtype) -> None:
+    torch.manual_seed(3)
+    want = keep_mask((50, 70), 0.3, torch.bool)
+    torch.manual_seed(3)
+    got = keep_mask((50, 70), 0.3, dtype)
+    assert got.dtype == dtype and torch.equal(got.bool(), want)
+    assert set(got.unique().tolist()) == {0, 1}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

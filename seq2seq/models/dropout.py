@@ -8,10 +8,10 @@ SFC64 generator, about twice as fast as PyTorch's Mersenne Twister, seeded for e
 by a draw from PyTorch's generator: masks follow ``torch.manual_seed`` and a resumed
 run's restored generator. Other devices use PyTorch's dropout.
 
-The mask is applied as a 0/1 tensor of the input's dtype, made from the bytes of the
-boolean mask: multiplying a float tensor by a boolean one takes PyTorch's slow
-mixed-dtype path (~10x a same-dtype product on the CPU). Only the boolean mask is kept
-for the backward pass (one byte per element). Two common neighbours are fused with it:
+The mask is a 0/1 tensor of the input's dtype, written by the comparison itself:
+multiplying a float tensor by a boolean one takes PyTorch's slow mixed-dtype path (~10x
+a same-dtype product on the CPU), and a boolean mask converted afterwards costs a pass
+more each way. It is kept for the backward pass. Two common neighbours are fused with it:
 the residual sum (:func:`dropout_add`, one pass instead of three) and a ReLU before it
 (:func:`relu_dropout`, whose backward pass reads the mask off its output).
 """
@@ -26,36 +26,37 @@ from torch import nn
 _LANES = 65536  # 16-bit lanes
 
 
-def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
-    """A boolean mask of ``shape``, True with probability ``1 - p`` (``p`` in 1/65536 steps)."""
+def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
+    """A mask of ``shape`` and ``dtype``, 1 with probability ``1 - p`` (``p`` in 1/65536
+    steps) and 0 otherwise."""
     n = 1
     for size in shape:
         n *= size
     seed = int(torch.randint(2**63 - 1, ()))  # from PyTorch's generator
     words = np.random.SFC64(seed).random_raw((n + 3) // 4)  # uint64
     lanes = torch.from_numpy(words.view(np.int16))[:n].view(shape)  # uniform, 16 bits
-    return lanes >= round(p * _LANES) - _LANES // 2
+    return torch.ge(lanes, round(p * _LANES) - _LANES // 2, out=torch.empty(shape, dtype=dtype))
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Functional form of :class:`Dropout`."""
     if not _cheaper(x, p, training):
         return F.dropout(x, p, training) if training and p > 0.0 else x
-    return _Masked.apply(x, keep_mask(x.shape, p), _scale(p))
+    return _Masked.apply(x, keep_mask(x.shape, p, x.dtype), _scale(p))
 
 
 def dropout_add(x: torch.Tensor, residual: torch.Tensor, p: float, training: bool):
     """``residual + dropout(x, p, training)``."""
     if not _cheaper(x, p, training):
         return residual + dropout(x, p, training)
-    return _MaskedAdd.apply(x, residual, keep_mask(x.shape, p), _scale(p))
+    return _MaskedAdd.apply(x, residual, keep_mask(x.shape, p, x.dtype), _scale(p))
 
 
 def relu_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """``dropout(relu(x), p, training)``."""
     if not _cheaper(x, p, training):
         return dropout(torch.relu(x), p, training)
-    return _ReluMasked.apply(x, keep_mask(x.shape, p), _scale(p))
+    return _ReluMasked.apply(x, keep_mask(x.shape, p, x.dtype), _scale(p))
 
 
 def _cheaper(x: torch.Tensor, p: float, training: bool) -> bool:
@@ -70,12 +71,12 @@ def _scale(p: float) -> float:
 
 
 def _masked(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
-    """``x * keep * scale``, the mask converted through its bytes (see the docstring)."""
-    return (x * keep.view(torch.uint8).to(x.dtype)).mul_(scale)
+    """``x * keep * scale``."""
+    return (x * keep).mul_(scale)
 
 
 class _Masked(torch.autograd.Function):
-    """``x * keep * scale`` whose backward pass keeps only the boolean ``keep``."""
+    """``x * keep * scale`` whose backward pass keeps only ``keep``."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
@@ -96,7 +97,7 @@ class _MaskedAdd(torch.autograd.Function):
     def forward(ctx, x, residual, keep: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return torch.addcmul(residual, x, keep.view(torch.uint8).to(x.dtype), value=scale)
+        return torch.addcmul(residual, x, keep, value=scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -105,12 +106,13 @@ class _MaskedAdd(torch.autograd.Function):
 
 
 class _ReluMasked(torch.autograd.Function):
-    """``relu(x) * keep * scale``, which keeps only its output: the gradient flows where
-    the output is positive (``x > 0`` and kept), two passes instead of four."""
+    """``relu(x) * keep * scale``, which keeps only its output (not the mask): the
+    gradient flows where the output is positive (``x > 0`` and kept), two passes
+    instead of four."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
-        out = torch.relu(x).mul_(keep.view(torch.uint8).to(x.dtype)).mul_(scale)
+        out = torch.relu(x).mul_(keep).mul_(scale)
         ctx.save_for_backward(out)
         ctx.scale = scale
         return out
