@@ -34,49 +34,47 @@ def sequence_loss(
     )
 
 
-def _smoothed_terms(shifted: torch.Tensor, target: torch.Tensor, eps: float):
-    """The summed label-smoothed loss of logits already shifted by their rows' maxima
-    (``[tokens, vocab]``, turned into ``exp(shifted)`` in place), with those exps and
-    their row sums: ``loss = log(sums) - (1 - eps) * shifted[y] - eps * mean(shifted)``."""
-    loss = -(1.0 - eps) * shifted.gather(1, target.unsqueeze(1)).sum()
-    if eps:
-        loss = loss - eps / shifted.size(1) * shifted.sum()
-    exps = shifted.exp_()
-    sums = exps.sum(dim=1)  # [tokens]: lse - m = log(sums)
-    return loss + sums.log().sum(), exps, sums
+def _smoothed_loss(gold, gold_logp, row_sums, eps: float, vocab: int) -> torch.Tensor:
+    """The summed label-smoothed loss of rows of logits, from their gold entries
+    (``gold``, ``gold_logp``: the logit and log-probability of ``y``) and their sums of
+    logits: ``-(1 - eps) * logp[y] - eps / V * sum_j logp_j``, where ``sum_j logp_j``
+    is the row's sum of logits less ``V * lse`` and ``lse = logit[y] - logp[y]`` (which
+    never underflows)."""
+    lse = gold - gold_logp
+    return (eps * lse - (1.0 - eps) * gold_logp - eps / vocab * row_sums).sum()
 
 
-def _smoothed_gradient(exps, sums, target, eps: float, scale: torch.Tensor) -> torch.Tensor:
-    """``scale * (softmax - q)``, ``q = (1 - eps) * onehot(y) + eps / V``, in place of
-    ``exps``: one pass over them, then the target's share."""
-    grad = torch.addcmul(-scale * (eps / exps.size(1)), exps, (scale / sums).unsqueeze(1), out=exps)
-    return grad.scatter_add_(1, target.unsqueeze(1), (scale * (eps - 1.0)).expand(grad.size(0), 1))
+def _minus_target(probs: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
+    """``probs - q`` in place, ``q = (1 - eps) * onehot(y) + eps / V``: the gradient of
+    the summed smoothed loss with respect to the logits."""
+    probs.sub_(eps / probs.size(1))
+    return probs.scatter_add_(1, target.unsqueeze(1), probs.new_full((probs.size(0), 1), eps - 1.0))
 
 
 class _SmoothedCrossEntropy(torch.autograd.Function):
     """Summed label-smoothed cross-entropy over ``[tokens, vocab]`` logits, fused.
 
-    ``loss = lse - (1 - eps) * logit[y] - eps * mean(logits)`` and its gradient
-    ``softmax - q`` with ``q = (1 - eps) * onehot(y) + eps / V``: the same numbers as
-    ``F.cross_entropy(..., label_smoothing=eps, reduction="sum")`` in fewer passes over
-    the largest tensor of a training step. Every term is taken relative to the row's
-    maximum ``m`` (which cancels out); ``exp(logits - m)`` is made once, in the forward
-    pass, and becomes the gradient in place in the backward pass (so the graph cannot
+    The same numbers as ``F.cross_entropy(..., label_smoothing=eps, reduction="sum")``
+    in fewer passes over the largest tensor of a training step: PyTorch's fused
+    ``log_softmax``, one sum over the logits, and in the backward pass the
+    log-probabilities become the gradient ``softmax - q`` in place (so the graph cannot
     be run backward twice).
     """
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
-        shifted = logits - logits.amax(dim=1, keepdim=True)  # [tokens, vocab]
-        loss, exps, sums = _smoothed_terms(shifted, target, eps)
-        ctx.save_for_backward(exps, sums, target)
+        y = target.unsqueeze(1)
+        logp = torch.log_softmax(logits, dim=1)  # [tokens, vocab]
+        gold, gold_logp = logits.gather(1, y).squeeze(1), logp.gather(1, y).squeeze(1)
+        loss = _smoothed_loss(gold, gold_logp, logits.sum(1), eps, logits.size(1))
+        ctx.save_for_backward(logp, target)
         ctx.eps = eps
         return loss
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        exps, sums, target = ctx.saved_tensors
-        return _smoothed_gradient(exps, sums, target, ctx.eps, grad), None, None
+        logp, target = ctx.saved_tensors
+        return _minus_target(logp.exp_(), target, ctx.eps).mul_(grad), None, None
 
 
 def smoothed_cross_entropy(
@@ -125,18 +123,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
             gold = logits.gather(1, y.unsqueeze(1)).squeeze(1)
             logp = torch.log_softmax(logits, dim=1, out=logits)  # in place
             gold_logp = logp.gather(1, y.unsqueeze(1)).squeeze(1)
-            # -(1 - eps) logp[y] - eps / V * sum_j logp_j, where sum_j logp_j is the
-            # row's sum of logits less V * lse, and lse = logit[y] - logp[y].
-            row_sums = x.float() @ weight_sum + bias_sum
-            lse = gold - gold_logp
-            loss += (eps * lse - (1.0 - eps) * gold_logp - eps / vocab * row_sums).sum()
+            row_sums = x.float() @ weight_sum + bias_sum  # without a pass over the block
+            loss += _smoothed_loss(gold, gold_logp, row_sums, eps, vocab)
             if not grads:
                 continue
             grad = logp.exp_()  # p
             if not exact:  # p - q before rounding to the products' dtype
-                grad.sub_(eps / vocab).scatter_add_(
-                    1, y.unsqueeze(1), grad.new_full((grad.size(0), 1), eps - 1.0)
-                )
+                _minus_target(grad, y, eps)
             if grad_bias is not None:
                 grad_bias += grad.sum(0)
             grad = grad.to(features.dtype)
