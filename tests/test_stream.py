@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from seq2seq.api import Seq2Seq
 from seq2seq.cli import main
 from seq2seq.config import load_config
 from seq2seq.data import prepare as prepare_mod
+from seq2seq.data.batching import length_key
 from seq2seq.data.cache import MappedRows, encode_stream
 from seq2seq.data.corpus import read_parallel
 from seq2seq.data.prepare import encode, fit_codecs, fitting_text, load_training
@@ -209,8 +211,14 @@ def test_a_stream_with_nothing_within_the_limits_is_a_data_error(tmp_path: Path)
 # ---------------------------------------------------------------------------- the order
 
 
-def _mapped(tmp_path: Path, n: int):
+def _mapped(tmp_path: Path, n: int, lengths: list[tuple[int, int]] | None = None):
+    """``n`` pairs of the reverse task, memory-mapped; or, with ``lengths``, pairs of
+    those (source, target) lengths in words."""
     data = load_config(_config(tmp_path, n)).data
+    if lengths is not None:
+        for suffix, side in (".src", 0), (".tgt", 1):
+            lines = [" ".join(["w"] * pair[side]) for pair in lengths]
+            (tmp_path / "c").with_suffix(suffix).write_text("\n".join(lines) + "\n")
     run = RunDir(tmp_path / "run")
     stream = CorpusStream(tmp_path / "c", "src", "tgt", "train")
     codecs = fit_codecs(data, stream.surveyed(None, n), run)
@@ -236,6 +244,25 @@ def test_an_epoch_of_the_stream_order_has_every_example_once(tmp_path: Path) -> 
     assert seen != sorted(seen)
     again, _ = order.take((1, 0), n_batches)
     assert [i for b in again for i in b] != seen
+
+
+def test_the_stream_order_cuts_each_window_sorted_by_the_length_key(tmp_path: Path) -> None:
+    rng = random.Random(0)  # sides of random lengths, either of them the longer
+    lengths = [(rng.randint(1, 12), rng.randint(1, 12)) for _ in range(700)]
+    examples = _mapped(tmp_path, 700, lengths)
+    order = batch_order(examples, 60, 3, seed=5)
+    batches: list[list[int]] = []
+    position = (0, 0)
+    while position[0] == 0:  # one epoch
+        more, position = order.take(position, 1)
+        batches += more
+    spans: dict[int, list[tuple]] = {}  # window -> (first key, last key) of its batches
+    for batch in batches:
+        keys = sorted(length_key(len(examples.src[i]), len(examples.tgt[i])) for i in batch)
+        spans.setdefault(batch[0] // order.window, []).append((keys[0], keys[-1]))
+    for window in spans.values():  # a window's batches are runs of one sorted order
+        window.sort()
+        assert all(a[1] <= b[0] for a, b in zip(window, window[1:], strict=False))
 
 
 def test_the_stream_order_resumes_from_any_position(tmp_path: Path) -> None:

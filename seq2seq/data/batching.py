@@ -122,6 +122,18 @@ def _size(examples: Examples, i: int) -> int:
     return max(len(examples.src[i]), tgt) + 1
 
 
+def length_key(src_len: int, tgt_len: int) -> tuple[int, int]:
+    """Where a pair goes in a length-sorted pool: by its padded size (the longer side,
+    plus EOS/BOS), then by ``tgt_len - src_len``.
+
+    Among rows of one size, those whose source is the longer side come first, by rising
+    target length, then those whose target is, by falling source length: neighbours are
+    alike on both sides, so a batch pads little on its shorter side too (sorting by the
+    size alone leaves that side's lengths in random order).
+    """
+    return max(src_len, tgt_len) + 1, tgt_len - src_len
+
+
 def token_batches(
     examples: Examples,
     batch_tokens: int,
@@ -132,8 +144,9 @@ def token_batches(
 ) -> list[list[int]]:
     """Group example indices into batches of at most ``batch_tokens`` padded tokens.
 
-    Examples are sorted by length inside pools of about ``pool_batches`` batches, so
-    batches hold similar lengths (little padding) while the order stays random.
+    Examples are sorted by length (:func:`length_key`) inside pools of about
+    ``pool_batches`` batches, so batches hold similar lengths (little padding) while the
+    order stays random.
 
     Args:
         examples: the data.
@@ -155,9 +168,13 @@ def token_batches(
         mean = max(1, sum(_size(examples, i) for i in order[:1000]) // max(1, len(order[:1000])))
         pool = max(1, pool_batches * batch_tokens // mean)
         pools = [order[k : k + pool] for k in range(0, len(order), pool)]
+
+    def tgt_len(i: int) -> int:
+        return len(examples.tgt[i]) if examples.tgt else 0
+
     batches = []
     for pool in pools:
-        pool.sort(key=lambda i: (_size(examples, i), len(examples.src[i])))
+        pool.sort(key=lambda i: length_key(len(examples.src[i]), tgt_len(i)))
         batches.extend(cut_sorted(pool, lambda i: _size(examples, i), batch_tokens))
     if rng is not None:
         rng.shuffle(batches)

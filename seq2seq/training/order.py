@@ -8,7 +8,7 @@ import random
 
 import numpy as np
 
-from seq2seq.data.batching import Examples, cut_sorted, token_batches
+from seq2seq.data.batching import Examples, cut_sorted, length_key, token_batches
 from seq2seq.data.cache import MappedRows
 
 log = logging.getLogger("seq2seq")
@@ -149,13 +149,18 @@ class StreamOrder:
         window = self._windows[k]
         start = window * self.window
         stop = min(len(self.examples), start + self.window)
-        sizes = self._sizes(start, stop).tolist()
-        src_lengths = self.examples.src.lengths(start, stop).tolist()  # type: ignore[attr-defined]
+        src, tgt = self.examples.src, self.examples.tgt
+        assert isinstance(src, MappedRows) and isinstance(tgt, MappedRows)
+        src_lengths, tgt_lengths = src.lengths(start, stop), tgt.lengths(start, stop)
+        keys = [  # [0]: the padded size
+            length_key(s, t)
+            for s, t in zip(src_lengths.tolist(), tgt_lengths.tolist(), strict=True)
+        ]
         rng = random.Random((self.seed * 100003 + self._epoch) * 1000003 + window)
         pool = list(range(start, stop))
         rng.shuffle(pool)
-        pool.sort(key=lambda i: (sizes[i - start], src_lengths[i - start]))
-        batches = cut_sorted(pool, lambda i: sizes[i - start], self.batch_tokens)
+        pool.sort(key=lambda i: keys[i - start])
+        batches = cut_sorted(pool, lambda i: keys[i - start][0], self.batch_tokens)
         rng.shuffle(batches)
         self._current = (k, batches)
         return batches
