@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seq2seq.models.dropout import _LANES, dropout, dropout_add, keep_mask, relu_dropout
+from seq2seq.models.dropout import (
+    _LANES,
+    dropout,
+    dropout_add,
+    keep_mask,
+    relu_dropout_linear,
+)
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3])
@@ -58,40 +64,63 @@ def test_keep_mask_is_the_same_draw_in_every_dtype(dtype) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_neighbours_equal_their_unfused_forms_and_gradients(dtype) -> None:
-    """``dropout_add`` and ``relu_dropout`` draw the same mask from the seed and give the
-    same values and gradients as the residual sum and the ReLU written out (bf16: within
-    one rounding, as ``addcmul`` rounds once); the ReLU's input holds exact zeros, whose
-    gradient is zero either way."""
+def test_dropout_add_equals_the_residual_sum_written_out(dtype) -> None:
+    """The same mask from the seed, the same values and gradients (bf16: within one
+    rounding, as ``addcmul`` rounds once)."""
     torch.manual_seed(0)
-    x = torch.randn(64, 33, dtype=dtype)
-    x[::3, ::2] = 0.0
-    residual = torch.randn(64, 33, dtype=dtype)
-    grad = torch.randn(64, 33, dtype=dtype)
+    x, residual, grad = (torch.randn(64, 33, dtype=dtype) for _ in range(3))
     tolerance = {"rtol": 0, "atol": 0} if dtype == torch.float32 else {"rtol": 0, "atol": 0.07}
-    cases = [
-        (lambda a, r: dropout_add(a, r, 0.2, True), lambda a, r: r + dropout(a, 0.2, True)),
-        (lambda a, r: relu_dropout(a, 0.2, True), lambda a, r: dropout(torch.relu(a), 0.2, True)),
-    ]
-    for fused, unfused in cases:
-        results = []
-        for fn in (fused, unfused):
-            a, r = x.clone().requires_grad_(), residual.clone().requires_grad_()
-            torch.manual_seed(5)
-            out = fn(a, r)
-            out.backward(grad)
-            results.append((out, a.grad, r.grad))
-        for got, want in zip(*results, strict=True):
-            assert (got is None) == (want is None)
-            if got is not None:
-                torch.testing.assert_close(got, want, **tolerance)
+    results = []
+    for fn in (lambda a, r: dropout_add(a, r, 0.2, True), lambda a, r: r + dropout(a, 0.2, True)):
+        a, r = x.clone().requires_grad_(), residual.clone().requires_grad_()
+        torch.manual_seed(5)
+        out = fn(a, r)
+        out.backward(grad)
+        results.append((out, a.grad, r.grad))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, **tolerance)
     assert torch.equal(dropout_add(x, residual, 0.2, False), residual + x)
-    assert torch.equal(relu_dropout(x, 0.2, False), torch.relu(x))
 
 
-def test_relu_dropout_keeps_only_its_output_for_the_backward_pass() -> None:
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_relu_dropout_linear_equals_the_layers_written_out(precision, bias) -> None:
+    """The same mask from the seed, the same values and gradients as ``layer(dropout(
+    relu(x)))`` up to rounding (dropout's scale applied to the product rather than to its
+    input); under bf16 autocast, products in bf16 as the layer's. The ReLU's input holds
+    exact zeros, whose gradient is zero either way."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 40, 33)
+    x[:, ::3, ::2] = 0.0
+    grad = torch.randn(2, 40, 7)
+    layer = torch.nn.Linear(33, 7, bias=bias)
+    results = []
+    for fn in (
+        lambda a: relu_dropout_linear(a, 0.2, True, layer),
+        lambda a: layer(dropout(torch.relu(a), 0.2, True)),
+    ):
+        a = x.clone().requires_grad_()
+        layer.zero_grad()
+        torch.manual_seed(5)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = fn(a)
+        out.backward(grad.to(out.dtype))
+        params = [p.grad.clone() for p in layer.parameters()]
+        results.append((out, a.grad, *params))
+    tolerance = {} if precision == "fp32" else {"rtol": 0.02, "atol": 0.05}
+    for got, want in zip(*results, strict=True):
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got, want, **tolerance)
+    assert results[0][0].dtype == (torch.float32 if precision == "fp32" else torch.bfloat16)
+    assert torch.equal(relu_dropout_linear(x, 0.2, False, layer), layer(torch.relu(x)))
+
+
+def test_relu_dropout_linear_keeps_only_the_products_input_and_weight() -> None:
     saved: list[torch.Tensor] = []
     x = torch.randn(8, 16, requires_grad=True)
+    layer = torch.nn.Linear(16, 4)
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        out = relu_dropout(x, 0.1, training=True)
-    assert len(saved) == 1 and saved[0] is out
+        relu_dropout_linear(x, 0.1, True, layer)
+    assert len(saved) == 2 and saved[1] is layer.weight
+    kept = saved[0]  # relu(x) * keep: x where positive and kept, else zero
+    assert kept.shape == x.shape and torch.all((kept == 0) | (kept == x))

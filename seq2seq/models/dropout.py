@@ -12,8 +12,9 @@ The mask is a 0/1 tensor of the input's dtype, written by the comparison itself:
 multiplying a float tensor by a boolean one takes PyTorch's slow mixed-dtype path (~10x
 a same-dtype product on the CPU), and a boolean mask converted afterwards costs a pass
 more each way. It is kept for the backward pass. Two common neighbours are fused with it:
-the residual sum (:func:`dropout_add`, one pass instead of three) and a ReLU before it
-(:func:`relu_dropout`, whose backward pass reads the mask off its output).
+the residual sum (:func:`dropout_add`, one pass instead of three), and a ReLU before it
+with the product after it (:func:`relu_dropout_linear`, whose backward pass reads the
+mask off the product's input).
 """
 
 from __future__ import annotations
@@ -52,11 +53,30 @@ def dropout_add(x: torch.Tensor, residual: torch.Tensor, p: float, training: boo
     return _MaskedAdd.apply(x, residual, keep_mask(x.shape, p, x.dtype), _scale(p))
 
 
-def relu_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """``dropout(relu(x), p, training)``."""
+def relu_dropout_linear(
+    x: torch.Tensor, p: float, training: bool, layer: nn.Linear
+) -> torch.Tensor:
+    """``layer(dropout(relu(x), p, training))``, the second half of a feed-forward block.
+
+    Its products run in the dtype the layer's would (bf16 under autocast).
+    """
     if not _cheaper(x, p, training):
-        return dropout(torch.relu(x), p, training)
-    return _ReluMasked.apply(x, keep_mask(x.shape, p, x.dtype), _scale(p))
+        return layer(dropout(torch.relu(x), p, training))
+    x, weight, bias = _autocast_operands(x, layer.weight, layer.bias)
+    rows = x.reshape(-1, x.size(-1))  # [tokens, inner]
+    keep = keep_mask(rows.shape, p, rows.dtype)
+    with torch.autocast("cpu", enabled=False):
+        out = _ReluMaskedLinear.apply(rows, keep, _scale(p), weight, bias)
+    return out.view(*x.shape[:-1], -1)
+
+
+def _autocast_operands(*tensors: torch.Tensor | None) -> tuple:
+    """The tensors in the dtype CPU autocast gives products (unchanged without it), so
+    that the fused functions here compute in the dtype the unfused layers would."""
+    if not torch.is_autocast_enabled("cpu"):
+        return tensors
+    dtype = torch.get_autocast_dtype("cpu")
+    return tuple(None if t is None else t.to(dtype) for t in tensors)
 
 
 def _cheaper(x: torch.Tensor, p: float, training: bool) -> bool:
@@ -105,22 +125,28 @@ class _MaskedAdd(torch.autograd.Function):
         return _masked(grad, keep, ctx.scale), grad, None, None
 
 
-class _ReluMasked(torch.autograd.Function):
-    """``relu(x) * keep * scale``, which keeps only its output (not the mask): the
-    gradient flows where the output is positive (``x > 0`` and kept), two passes
-    instead of four."""
+class _ReluMaskedLinear(torch.autograd.Function):
+    """``(relu(x) * keep) @ weight.T * scale + bias``: dropout's scale goes into the
+    products (``addmm``'s ``alpha``), forward and backward, so no pass over the
+    activations applies it. Keeps ``relu(x) * keep``, the product's input, which also
+    says where the gradient flows (where it is positive), and the weight."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
-        out = torch.relu(x).mul_(keep).mul_(scale)
-        ctx.save_for_backward(out)
-        ctx.scale = scale
-        return out
+    def forward(ctx, x, keep: torch.Tensor, scale: float, weight, bias) -> torch.Tensor:
+        kept = torch.mul(x, keep).clamp_min_(0.0)  # [tokens, inner]
+        ctx.save_for_backward(kept, weight)
+        ctx.scale, ctx.bias = scale, bias is not None
+        if bias is None:  # beta=0: the first argument gives only the shape
+            return torch.addmm(kept.new_empty(()), kept, weight.T, beta=0, alpha=scale)
+        return torch.addmm(bias, kept, weight.T, alpha=scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (out,) = ctx.saved_tensors
-        return torch.ops.aten.threshold_backward(grad, out, 0).mul_(ctx.scale), None, None
+        kept, weight = ctx.saved_tensors
+        grad_kept = torch.addmm(grad.new_empty(()), grad, weight, beta=0, alpha=ctx.scale)
+        grad_x = torch.ops.aten.threshold_backward(grad_kept, kept, 0)
+        grad_weight = torch.addmm(weight.new_empty(()), grad.T, kept, beta=0, alpha=ctx.scale)
+        return grad_x, None, None, grad_weight, grad.sum(0) if ctx.bias else None
 
 
 class Dropout(nn.Module):

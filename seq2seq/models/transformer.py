@@ -17,7 +17,7 @@ from torch import nn
 
 from seq2seq.models.contract import Encoded, Seq2SeqModel
 from seq2seq.models.copy import CopyHead
-from seq2seq.models.dropout import Dropout, dropout, dropout_add, relu_dropout
+from seq2seq.models.dropout import Dropout, dropout, dropout_add, relu_dropout_linear
 
 
 class Embeddings(nn.Module):
@@ -149,7 +149,7 @@ class MultiHeadAttention(nn.Module):
 class FeedForward(nn.Module):
     """``outer(dropout(relu(inner(x))))``. The ReLU is a module so that an int8 copy can
     fuse it into ``inner`` (``inference.compress``); in training it is fused with the
-    dropout instead (:func:`relu_dropout`)."""
+    dropout and ``outer`` instead (:func:`relu_dropout_linear`)."""
 
     def __init__(self, dim: int, ff_dim: int, dropout: float):
         super().__init__()
@@ -162,7 +162,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            return self.outer(relu_dropout(self.inner(x), self.dropout, True))
+            return relu_dropout_linear(self.inner(x), self.dropout, True, self.outer)
         return self.outer(self.act(self.inner(x)))
 
 
