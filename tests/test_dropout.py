@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from seq2seq.models.dropout import (
     _LANES,
+    attention_dropout,
     dropout,
     dropout_add,
     keep_mask,
@@ -124,3 +127,53 @@ def test_relu_dropout_linear_keeps_only_the_products_input_and_weight() -> None:
     assert len(saved) == 2 and saved[1] is layer.weight
     kept = saved[0]  # relu(x) * keep: x where positive and kept, else zero
     assert kept.shape == x.shape and torch.all((kept == 0) | (kept == x))
+
+
+def _attention_written_out(q, k, v, mask, causal, p):
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.size(-1))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    if causal:
+        future = torch.ones(q.size(2), k.size(2), dtype=torch.bool).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    return dropout(scores.softmax(-1), p, True) @ v
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("head_dim", [16, 12])  # 1 / sqrt(12) is not a power of two
+@pytest.mark.parametrize(("masked", "causal"), [(True, False), (False, True), (True, True)])
+def test_attention_dropout_equals_attention_written_out(precision, head_dim, masked, causal):
+    """Queries, keys and values as views of projections (as the model passes them), a
+    padding mask and/or the causal one: the same mask from the seed, the same context and
+    gradients up to rounding (exactly, where the scale is a power of two in fp32)."""
+    torch.manual_seed(0)
+    batch, heads, length = 3, 2, 7
+    proj = torch.randn(batch, length, 3 * heads * head_dim)
+    lengths = torch.tensor([7, 4, 6])
+    mask = (torch.arange(length) < lengths[:, None])[:, None, None, :] if masked else None
+    grad = torch.randn(batch, heads, length, head_dim)
+    results = []
+    for fn in (attention_dropout, _attention_written_out):
+        leaf = proj.clone().requires_grad_()
+        q, k, v = (
+            t.unflatten(-1, (heads, head_dim)).transpose(1, 2) for t in leaf.chunk(3, dim=-1)
+        )
+        torch.manual_seed(5)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = fn(q, k, v, mask, causal, 0.2)
+        out.backward(grad.to(out.dtype))
+        results.append((out, leaf.grad))
+    exact = precision == "fp32" and head_dim == 16
+    tolerance = {"rtol": 0, "atol": 0} if exact else {}
+    if precision == "bf16":
+        assert results[0][0].dtype == torch.bfloat16
+        tolerance = {"rtol": 0.02, "atol": 0.05}  # q is scaled before the product
+    for got, want in zip(*results, strict=True):
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got, want, **tolerance)
+
+
+def test_attention_dropout_without_dropout_is_sdpa() -> None:
+    q, k, v = (torch.randn(2, 3, 5, 8) for _ in range(3))
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.equal(attention_dropout(q, k, v, None, True, 0.0), want)

@@ -11,10 +11,11 @@ run's restored generator. Other devices use PyTorch's dropout.
 The mask is a 0/1 tensor of the input's dtype, written by the comparison itself:
 multiplying a float tensor by a boolean one takes PyTorch's slow mixed-dtype path (~10x
 a same-dtype product on the CPU), and a boolean mask converted afterwards costs a pass
-more each way. It is kept for the backward pass. Two common neighbours are fused with it:
-the residual sum (:func:`dropout_add`, one pass instead of three), and a ReLU before it
+more each way. It is kept for the backward pass. Three common neighbours are fused with
+it: the residual sum (:func:`dropout_add`, one pass instead of three), a ReLU before it
 with the product after it (:func:`relu_dropout_linear`, whose backward pass reads the
-mask off the product's input).
+mask off the product's input), and the softmax and products of attention
+(:func:`attention_dropout`).
 """
 
 from __future__ import annotations
@@ -68,6 +69,37 @@ def relu_dropout_linear(
     with torch.autocast("cpu", enabled=False):
         out = _ReluMaskedLinear.apply(rows, keep, _scale(p), weight, bias)
     return out.view(*x.shape[:-1], -1)
+
+
+def attention_dropout(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    causal: bool,
+    p: float,
+) -> torch.Tensor:
+    """Training attention: ``dropout(softmax(q k^T / sqrt(dh)), p) v``, what
+    ``F.scaled_dot_product_attention`` computes with ``dropout_p=p``, which it is on
+    other devices.
+
+    Args:
+        q: queries ``[batch, heads, q_len, dh]``; k, v: ``[batch, heads, k_len, dh]``
+            (views of the projections, in any strides).
+        mask: True where a key may be attended, broadcastable to ``[batch, heads,
+            q_len, k_len]``; None for none.
+        causal: whether query ``i`` also sees only keys ``<= i``.
+
+    Returns:
+        The context, ``[batch, heads, q_len, dh]``.
+    """
+    if not _cheaper(q, p, True):
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal
+        )
+    q, k, v = _autocast_operands(q, k, v)
+    with torch.autocast("cpu", enabled=False):
+        return _MaskedAttention.apply(q, k, v, mask, causal, p)
 
 
 def _autocast_operands(*tensors: torch.Tensor | None) -> tuple:
@@ -147,6 +179,51 @@ class _ReluMaskedLinear(torch.autograd.Function):
         grad_x = torch.ops.aten.threshold_backward(grad_kept, kept, 0)
         grad_weight = torch.addmm(weight.new_empty(()), grad.T, kept, beta=0, alpha=ctx.scale)
         return grad_x, None, None, grad_weight, grad.sum(0) if ctx.bias else None
+
+
+class _MaskedAttention(torch.autograd.Function):
+    """:func:`attention_dropout` in fewer passes than autograd would make: the scale
+    goes into the copy of ``q`` that the product needs anyway, the masks are filled in
+    place, and the backward pass is written out (the dropped weights made again from
+    the saved ones and the mask, ``_softmax_backward_data`` for the softmax). Keeps
+    ``q`` (scaled), ``k`` and ``v`` as the products read them, the softmax's output and
+    the mask."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, causal: bool, p: float) -> torch.Tensor:
+        b, h, t, dh = q.shape
+        s = k.size(2)
+        scale = dh**-0.5
+        q = torch.mul(q, scale, out=q.new_empty(b, h, t, dh)).view(b * h, t, dh)
+        k, v = k.reshape(b * h, s, dh), v.reshape(b * h, s, dh)  # copies
+        scores = torch.bmm(q, k.transpose(1, 2)).view(b, h, t, s)
+        if mask is not None:
+            scores.masked_fill_(~mask, float("-inf"))
+        if causal:
+            future = torch.ones(t, s, dtype=torch.bool, device=q.device).triu(1)
+            scores.masked_fill_(future, float("-inf"))
+        weights = torch.softmax(scores, -1)
+        keep = keep_mask(weights.shape, p, weights.dtype)
+        ctx.save_for_backward(q, k, v, weights, keep)
+        ctx.scale, ctx.dropout_scale = scale, _scale(p)
+        dropped = _masked(weights, keep, ctx.dropout_scale).view(b * h, t, s)
+        return torch.bmm(dropped, v).view(b, h, t, dh)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        q, k, v, weights, keep = ctx.saved_tensors
+        b, h, t, s = weights.shape
+        grad = grad.reshape(b * h, t, -1)
+        dropped = _masked(weights, keep, ctx.dropout_scale).view(b * h, t, s)
+        grad_v = torch.bmm(dropped.transpose(1, 2), grad)
+        grad_dropped = torch.bmm(grad, v.transpose(1, 2)).view(b, h, t, s)
+        grad_weights = grad_dropped.mul_(keep).mul_(ctx.dropout_scale)
+        grad_scores = torch._softmax_backward_data(grad_weights, weights, -1, weights.dtype)
+        grad_scores = grad_scores.view(b * h, t, s)
+        grad_q = torch.baddbmm(q, grad_scores, k, beta=0, alpha=ctx.scale)
+        grad_k = torch.bmm(grad_scores.transpose(1, 2), q)  # q is scaled already
+        shape = b, h, -1, q.size(-1)
+        return grad_q.view(shape), grad_k.view(shape), grad_v.view(shape), None, None, None
 
 
 class Dropout(nn.Module):

@@ -17,7 +17,12 @@ from torch import nn
 
 from seq2seq.models.contract import Encoded, Seq2SeqModel
 from seq2seq.models.copy import CopyHead
-from seq2seq.models.dropout import Dropout, dropout, dropout_add, relu_dropout_linear
+from seq2seq.models.dropout import (
+    Dropout,
+    attention_dropout,
+    dropout_add,
+    relu_dropout_linear,
+)
 
 
 class Embeddings(nn.Module):
@@ -106,30 +111,16 @@ class MultiHeadAttention(nn.Module):
         ``[batch, heads, q_len, k_len]``.
         """
         q = self.split(self.q(x))
-        if self.training and self.dropout > 0 and q.device.type == "cpu":
-            ctx = self._attend_with_dropout(q, k, v, mask, causal)
-        elif q.size(2) == 1 and mask is None and not self.training and q.device.type == "cpu":
+        if self.training:  # on the CPU with dropout, fused; else SDPA draws its own
+            ctx = attention_dropout(q, k, v, mask, causal, self.dropout)
+        elif q.size(2) == 1 and mask is None and q.device.type == "cpu":
             # One query over the cache (a decoding step's self-attention): two batched
             # products beat SDPA's flash kernel on the CPU (~5% of a beam-5 step).
             scores = (q @ k.transpose(-1, -2)) * q.size(-1) ** -0.5
             ctx = scores.softmax(-1, dtype=torch.float32).to(v.dtype) @ v
-        else:  # fused kernels (GPU training too: SDPA draws its own dropout there)
-            p = self.dropout if self.training else 0.0
-            ctx = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal
-            )
+        else:  # fused kernels
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         return self.out(ctx.transpose(1, 2).flatten(2))  # [batch, q_len, heads * dh] -> dim
-
-    def _attend_with_dropout(self, q, k, v, mask, causal) -> torch.Tensor:
-        # What SDPA's math path does with dropout_p > 0, with the cheaper dropout.
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.size(-1))  # [b, heads, q, k]
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        if causal:
-            future = torch.ones(q.size(2), k.size(2), dtype=torch.bool, device=q.device).triu(1)
-            scores = scores.masked_fill(future, float("-inf"))
-        weights = dropout(scores.softmax(-1), self.dropout, True)
-        return weights @ v
 
     def with_weights(
         self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
