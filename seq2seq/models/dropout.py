@@ -168,7 +168,7 @@ class _ReluMaskedLinear(torch.autograd.Function):
         kept = torch.mul(x, keep).clamp_min_(0.0)  # [tokens, inner]
         ctx.save_for_backward(kept, weight)
         ctx.scale, ctx.bias = scale, bias is not None
-        if bias is None:  # beta=0: the first argument gives only the shape
+        if bias is None:  # beta=0: the first argument is not read
             return torch.addmm(kept.new_empty(()), kept, weight.T, beta=0, alpha=scale)
         return torch.addmm(bias, kept, weight.T, alpha=scale)
 
@@ -220,7 +220,7 @@ class _MaskedAttention(torch.autograd.Function):
         grad_weights = grad_dropped.mul_(keep).mul_(ctx.dropout_scale)
         grad_scores = torch._softmax_backward_data(grad_weights, weights, -1, weights.dtype)
         grad_scores = grad_scores.view(b * h, t, s)
-        grad_q = torch.baddbmm(q, grad_scores, k, beta=0, alpha=ctx.scale)
+        grad_q = torch.baddbmm(q.new_empty(()), grad_scores, k, beta=0, alpha=ctx.scale)
         grad_k = torch.bmm(grad_scores.transpose(1, 2), q)  # q is scaled already
         shape = b, h, -1, q.size(-1)
         return grad_q.view(shape), grad_k.view(shape), grad_v.view(shape), None, None, None
