@@ -119,7 +119,7 @@ def report_cut(name: str, n_cut: int, total: int, limit: int | None) -> None:
 def _size(examples: Examples, i: int) -> int:
     """Padded tokens one row occupies: the longer side, plus EOS/BOS."""
     tgt = len(examples.tgt[i]) if examples.tgt else 0
-    return max(len(examples.src[i]), tgt) + 1
+    return length_key(len(examples.src[i]), tgt)[0]
 
 
 def length_key(src_len: int, tgt_len: int) -> tuple[int, int]:
