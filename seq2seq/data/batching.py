@@ -116,10 +116,15 @@ def report_cut(name: str, n_cut: int, total: int, limit: int | None) -> None:
     log.info("%s: cut %d of %d sources to %d tokens (data.max_src_len)", name, n_cut, total, limit)
 
 
+def _key(examples: Examples, i: int) -> tuple[int, int]:
+    """Row ``i``'s :func:`length_key` (a source-only row has a target of length 0)."""
+    tgt = len(examples.tgt[i]) if examples.tgt else 0
+    return length_key(len(examples.src[i]), tgt)
+
+
 def _size(examples: Examples, i: int) -> int:
     """Padded tokens one row occupies: the longer side, plus EOS/BOS."""
-    tgt = len(examples.tgt[i]) if examples.tgt else 0
-    return length_key(len(examples.src[i]), tgt)[0]
+    return _key(examples, i)[0]
 
 
 def length_key(src_len: int, tgt_len: int) -> tuple[int, int]:
@@ -169,12 +174,9 @@ def token_batches(
         pool = max(1, pool_batches * batch_tokens // mean)
         pools = [order[k : k + pool] for k in range(0, len(order), pool)]
 
-    def tgt_len(i: int) -> int:
-        return len(examples.tgt[i]) if examples.tgt else 0
-
     batches = []
     for pool in pools:
-        pool.sort(key=lambda i: length_key(len(examples.src[i]), tgt_len(i)))
+        pool.sort(key=lambda i: _key(examples, i))
         batches.extend(cut_sorted(pool, lambda i: _size(examples, i), batch_tokens))
     if rng is not None:
         rng.shuffle(batches)
